@@ -1,0 +1,58 @@
+"""``Config``: RecBole's own, plus this project's yaml files (never re-implements ``Config.__init__``).
+
+Precedence, lowest first: RecBole's internal yaml → ``properties/overall.yaml`` → our model yaml
+(``recbole_gflowgr/properties/model/<Model>.yaml``) → ``properties/datasets/<dataset>.yaml`` → the user's
+``config_file_list`` → ``config_dict`` → command line ``--key=value``.
+"""
+import os
+
+from recbole.config import Config as RecBoleConfig
+
+from recbole_gflowgr import compat
+from recbole_gflowgr.data.registry import REPO_ROOT, get_dataset_spec
+from recbole_gflowgr.errors import ConfigError
+
+PROPERTIES = os.path.join(REPO_ROOT, "properties")
+MODEL_PROPERTIES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties", "model")
+
+
+class Config(RecBoleConfig):
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=()):
+        """``cmd_args``: the ``--key=value`` strings RecBole should read as its command line (default: none, so
+        that e.g. pytest's own flags never leak into the config)."""
+        for path in config_file_list or []:
+            if not os.path.isfile(path):
+                raise ConfigError(f"config file {path} not found (from --config_files); check the path")
+        with compat.argv(cmd_args):
+            super().__init__(model, dataset, config_file_list, config_dict)
+
+    def _get_model_and_dataset(self, model, dataset):
+        from recbole_gflowgr.registry import get_model
+
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise ConfigError("no model given: pass --model=<name> (e.g. SASRec, TIGER) or set `model:` in a config file")
+        if isinstance(model, str):
+            model = get_model(model)
+        if dataset is None and "dataset" not in self.external_config_dict:
+            raise ConfigError("no dataset given: pass --dataset=<name> (e.g. ml-100k) or set `dataset:` in a config file")
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        dataset_file = os.path.join(PROPERTIES, "datasets", f"{dataset}.yaml")
+        for path in (os.path.join(PROPERTIES, "overall.yaml"), os.path.join(MODEL_PROPERTIES, f"{model}.yaml"),
+                     dataset_file):
+            if os.path.isfile(path):
+                loaded = self._update_internal_config_dict(path) or {}
+                if path == dataset_file:
+                    self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
+        # RecBole points ml-100k at its bundled example; ours is converted under data_path like every dataset.
+        root = self.external_config_dict.get("data_path", self.internal_config_dict.get("data_path", "dataset/"))
+        source = self.final_config_dict.get("source_path")
+        if get_dataset_spec(self.dataset, source) is not None:
+            self.final_config_dict["data_path"] = os.path.join(root, self.dataset)

@@ -1,0 +1,91 @@
+"""Result rows: one JSON object per run, appended to ``<results_dir>/<dataset>.jsonl``."""
+import enum
+import hashlib
+import json
+import os
+import subprocess
+
+import torch
+
+from recbole_gflowgr.data.registry import REPO_ROOT
+
+METRIC_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+# keys that change where/how a run is stored or shown, not what it computes: left out of config_hash
+VOLATILE_KEYS = {"seed", "data_path", "checkpoint_dir", "results_dir", "show_progress", "gpu_id", "device", "state",
+                 "log_wandb", "wandb_project", "worker", "source_path", "local_rank", "single_spec", "use_gpu",
+                 "nproc", "world_size", "ip", "port", "offset", "tokenizer_dir", "pretrained_checkpoint"}
+
+
+def _plain(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def plain_config(config):
+    return {k: _plain(v) for k, v in sorted(config.final_config_dict.items())}
+
+
+def config_hash(plain):
+    stable = {k: v for k, v in plain.items() if k not in VOLATILE_KEYS}
+    return hashlib.sha1(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def git_commit():
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def metrics(result):
+    result = {k.lower(): float(v) for k, v in (result or {}).items()}
+    return {k: round(result[k], 6) for k in METRIC_KEYS if k in result} | \
+        {k: round(v, 6) for k, v in result.items() if k not in METRIC_KEYS}
+
+
+def make_row(config, finetune, valid_result, test_result, wall_s, extra=None):
+    plain = plain_config(config)
+    row = {"model": config["model"], "finetune": finetune, "dataset": config["dataset"], "seed": config["seed"],
+           "valid": metrics(valid_result), "test": metrics(test_result), "wall_s": round(wall_s, 2),
+           "device": device_name(config["device"]), "commit": git_commit(), "config_hash": config_hash(plain)}
+    row.update(extra or {})
+    row["config"] = plain
+    return row
+
+
+def append_row(row, results_dir):
+    os.makedirs(results_dir, exist_ok=True)
+    path = os.path.join(results_dir, f"{row['dataset']}.jsonl")
+    line = json.dumps(row, sort_keys=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:  # one write of one line: never a half row
+        f.write(line)
+    return path
+
+
+def read_rows(results_dir):
+    rows = []
+    if not os.path.isdir(results_dir):
+        return rows
+    for name in sorted(os.listdir(results_dir)):
+        if name.endswith(".jsonl"):
+            with open(os.path.join(results_dir, name), encoding="utf-8") as f:
+                rows += [json.loads(line) for line in f if line.strip()]
+    return rows

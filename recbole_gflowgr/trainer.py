@@ -1,0 +1,50 @@
+"""Trainer pieces shared by every model run through this package (RecBole's trainers and ours)."""
+import time
+
+from recbole.trainer import Trainer
+
+from recbole_gflowgr.compat import trusted_checkpoints
+
+
+class TrainerMixin:
+    """Put in front of any RecBole trainer class:
+
+    * RecBole 1.2.1 loads its own checkpoints with a bare ``torch.load``; under torch >= 2.6 that defaults to
+      ``weights_only=True`` and fails on the pickled ``Config``. The two RecBole methods that load are wrapped.
+    * Each training epoch's wall time is recorded (``epoch_times``) for the result row.
+    """
+
+    def resume_checkpoint(self, resume_file):
+        with trusted_checkpoints():
+            return super().resume_checkpoint(resume_file)
+
+    def evaluate(self, *args, **kwargs):
+        with trusted_checkpoints():
+            return super().evaluate(*args, **kwargs)
+
+    def _train_epoch(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return super()._train_epoch(*args, **kwargs)
+        finally:
+            self.epoch_times = getattr(self, "epoch_times", []) + [time.perf_counter() - start]
+
+    def mean_epoch_time(self):
+        times = getattr(self, "epoch_times", [])
+        return round(sum(times) / len(times), 3) if times else None
+
+
+_FIXED = {}
+
+
+def with_checkpoint_fix(trainer_class):
+    """``trainer_class`` with :class:`TrainerMixin` in front (one cached subclass per RecBole trainer)."""
+    if issubclass(trainer_class, TrainerMixin):
+        return trainer_class
+    if trainer_class not in _FIXED:
+        _FIXED[trainer_class] = type(trainer_class.__name__, (TrainerMixin, trainer_class), {})
+    return _FIXED[trainer_class]
+
+
+class GRTrainer(TrainerMixin, Trainer):
+    """Base trainer of the generative models (SFT); fine-tuning methods subclass it."""
