@@ -10,6 +10,8 @@ Imported first by ``recbole_gflowgr/__init__.py`` so that nothing else needs to 
   ``recbole.data.dataset``. We do not patch RecBole's dataset code: pandas < 3 is required and checked here.
 * torch >= 2.6 loads with ``weights_only=True`` by default; RecBole's checkpoints pickle its ``Config``.
   :func:`trusted_checkpoints` scopes ``weights_only=False`` to loads of checkpoints this process wrote itself.
+* ``recbole.model.sequential_recommender`` switches on autograd anomaly detection globally (SINE):
+  :func:`no_anomaly_detection` switches it off.
 * ``recbole.quick_start`` imports ray at import time: this package never imports it (see ``quick_start.py``).
 * ``Config`` reads ``--key=value`` from ``sys.argv``: :func:`argv` pins what it sees (see ``config.py``).
 """
@@ -82,5 +84,29 @@ def argv(args):
         sys.argv = saved
 
 
+def quiet_known_warnings():
+    """RecBole 1.2.1 under pandas 2.x warns on every column it fills (the pandas 3 behaviour we exclude above) and
+    builds a deprecated ``torch.cuda.amp.GradScaler``; both are known and harmless here."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+    warnings.filterwarnings("ignore", message=r".*GradScaler.*is deprecated", category=FutureWarning)
+
+
 numpy_aliases()
 check_pandas()
+quiet_known_warnings()
+
+
+def no_anomaly_detection():
+    """``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)`` at import
+    time, and importing any RecBole sequential model imports it: every backward op is then followed by a NaN scan
+    (``aten::ne`` + ``aten::any`` on every gradient), which made RecBole's SASRec ~3x slower on CPU. Import it once,
+    here, and switch the global back off."""
+    import torch
+    import recbole.model.sequential_recommender.sine  # noqa: F401
+
+    torch.autograd.set_detect_anomaly(False)
+
+
+no_anomaly_detection()

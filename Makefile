@@ -1,0 +1,15 @@
+# The two quick-start commands of README.md.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install demo test
+
+install:
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+
+demo: install
+	$(PYTHON) run_recbole_gflowgr.py --model=SASRec --dataset=ml-100k --config_files=properties/demo.yaml
+
+test: install
+	$(PYTHON) -m pytest -q tests

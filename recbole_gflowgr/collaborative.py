@@ -1,0 +1,124 @@
+"""The collaborative model (CM) of GFlowGR §3: RecBole's own SASRec, trained once per dataset and cached.
+
+* :func:`train_or_load` trains SASRec through our runner (so its result row lands in results/ beside every other
+  run) with ``properties/collaborative.yaml`` and keeps the checkpoint at
+  ``<checkpoint_dir>/collaborative/<dataset>-SASRec-<config hash>.pth``; later calls load it.
+* :class:`CollaborativeScorer` gives, without gradient and on the training device, scores in [0, 1] of a batch of
+  histories against candidate items or the whole catalog: per user, the SASRec logits over all items min-max
+  normalised (best item of the catalog 1, worst 0; padding item 0 is never scored above 0).
+* :func:`sasrec_item_embeddings` exports the trained item embedding table for LETTER's collaborative regulariser.
+"""
+import json
+import os
+import shutil
+from logging import getLogger
+
+import numpy as np
+import torch
+
+from recbole_gflowgr.compat import trusted_torch_load
+from recbole_gflowgr.config import PROPERTIES
+
+CM_CONFIG = os.path.join(PROPERTIES, "collaborative.yaml")
+
+
+def _cm_config(dataset, data_path="dataset", config_dict=None):
+    from recbole_gflowgr.quick_start import load_config
+
+    overrides = {"data_path": data_path, "show_progress": False}
+    overrides.update(config_dict or {})
+    return load_config("SASRec", dataset, config_file_list=[CM_CONFIG], config_dict=overrides)
+
+
+def cache_path(config):
+    from recbole_gflowgr.results import config_hash, plain_config
+
+    folder = os.path.join(config["checkpoint_dir"], "collaborative")
+    return os.path.join(folder, f"{config['dataset']}-SASRec-{config_hash(plain_config(config))}.pth")
+
+
+def train_or_load(dataset, data_path="dataset", config_dict=None):
+    """Path of the trained CM checkpoint for ``dataset`` (trained now if not cached)."""
+    from recbole_gflowgr.quick_start import run
+
+    config = _cm_config(dataset, data_path, config_dict)
+    path = cache_path(config)
+    if os.path.isfile(path):
+        return path
+    overrides = {"data_path": data_path, "show_progress": False}
+    overrides.update(config_dict or {})
+    row = run("SASRec", dataset, config_file_list=[CM_CONFIG], config_dict=overrides)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    shutil.copyfile(row["checkpoint"], tmp)
+    os.replace(tmp, path)
+    with open(path[:-4] + ".json", "w") as f:
+        json.dump({k: row[k] for k in ("valid", "test", "wall_s", "device", "commit", "config_hash")}, f, indent=1)
+    getLogger().info(f"collaborative model cached at {path}")
+    return path
+
+
+class CollaborativeScorer:
+    """Frozen SASRec: ``score(item_seq, item_seq_len, candidates=None)`` → (B, n_items) or (B, C) in [0, 1].
+
+    ``item_seq`` uses RecBole's internal item ids of the dataset the CM was trained on; the GR models are trained
+    on the same RecBole dataset, so their ids agree (checked by the item count at construction).
+    """
+
+    def __init__(self, model):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.n_items = model.n_items
+
+    @classmethod
+    def from_checkpoint(cls, path, dataset, device="cpu"):
+        from recbole.model.sequential_recommender import SASRec
+
+        checkpoint = trusted_torch_load(path, map_location=device)
+        model = SASRec(checkpoint["config"], dataset).to(device)
+        model.load_state_dict(checkpoint["state_dict"])
+        return cls(model)
+
+    @torch.no_grad()
+    def logits(self, item_seq, item_seq_len):
+        seq_output = self.model.forward(item_seq, item_seq_len)  # (B, d)
+        return seq_output @ self.model.item_embedding.weight.T  # (B, n_items)
+
+    @torch.no_grad()
+    def score(self, item_seq, item_seq_len, candidates=None):
+        logits = self.logits(item_seq, item_seq_len)  # (B, n_items)
+        logits[:, 0] = -torch.inf  # padding item
+        real = logits[:, 1:]
+        low = real.min(dim=1, keepdim=True).values
+        high = real.max(dim=1, keepdim=True).values
+        scores = ((logits - low) / (high - low).clamp_min(1e-12)).clamp_(0.0, 1.0)  # (B, n_items), pad -> 0
+        if candidates is not None:
+            scores = scores.gather(1, candidates)  # (B, C)
+        return scores
+
+
+def load_scorer(dataset, data_path="dataset", device="cpu", config_dict=None, recbole_dataset=None):
+    """Train (if needed) and load the CM of ``dataset``; ``recbole_dataset`` avoids rebuilding RecBole's dataset."""
+    from recbole_gflowgr.quick_start import prepare_data
+
+    path = train_or_load(dataset, data_path, config_dict)
+    if recbole_dataset is None:
+        recbole_dataset, _ = prepare_data(_cm_config(dataset, data_path, config_dict))
+    return CollaborativeScorer.from_checkpoint(path, recbole_dataset, device)
+
+
+def sasrec_item_embeddings(dataset, data_root="dataset", device="cpu", config_dict=None):
+    """(item tokens, (n, d) float32 array): the CM's item embeddings for every real item (padding dropped)."""
+    from recbole.data import create_dataset
+
+    config = _cm_config(dataset, data_root, config_dict)
+    path = train_or_load(dataset, data_root, config_dict)
+    from recbole_gflowgr.data import prepare_dataset
+
+    prepare_dataset(config["dataset"], config["data_path"], config["source_path"], config["source_prefix"])
+    recbole_dataset = create_dataset(config)
+    weight = trusted_torch_load(path, map_location=device)["state_dict"]["item_embedding.weight"]  # (n_items, d)
+    ids = np.arange(1, weight.shape[0])
+    tokens = [str(t) for t in recbole_dataset.id2token(recbole_dataset.iid_field, ids)]
+    return tokens, weight[1:].float().cpu().numpy()
