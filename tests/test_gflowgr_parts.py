@@ -1,0 +1,371 @@
+"""Pure GFlowGR pieces: flow losses, comprehensive reward, uncertainty weights, adaptive sampler (fast, CPU)."""
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.finetune.gflowgr import (
+    AdaptiveSampler, comprehensive_reward, detailed_balance, subtrajectory_balance, trajectory_balance,
+    uncertainty_weights,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster than two on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# toy 2-level tree: 3 first tokens x 3 second tokens = 9 leaves, tabular policy over prefixes
+# ----------------------------------------------------------------------------------------------------------
+TOY_R = torch.tensor([1.0, 2.0, 3.0, 0.5, 4.0, 0.25, 6.0, 1.5, 8.0], dtype=torch.float64)  # (9,) leaf rewards
+TV_TOL = 0.05
+
+
+class ToyPolicy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        dt = torch.float64
+        self.root = torch.nn.Parameter(torch.zeros(3, dtype=dt))  # logits at s0
+        self.child = torch.nn.Parameter(torch.zeros(3, 3, dtype=dt))  # logits at s1 = (a,)
+        self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dt))
+        self.log_f0 = torch.nn.Parameter(torch.zeros((), dtype=dt))  # log F(s0)
+        self.log_f1 = torch.nn.Parameter(torch.zeros(3, dtype=dt))  # log F((a,))
+
+    def log_pf(self, a, b):  # a, b: (T,) -> (T, 2)
+        lp0 = torch.log_softmax(self.root, 0)[a]
+        lp1 = torch.log_softmax(self.child, 1)[a, b]
+        return torch.stack([lp0, lp1], 1)
+
+    def log_f(self, a):  # (T,) -> (T, 2)
+        return torch.stack([self.log_f0.expand(a.shape[0]), self.log_f1[a]], 1)
+
+    def leaf_probs(self):  # (9,)
+        with torch.no_grad():
+            a, b = torch.arange(9) // 3, torch.arange(9) % 3
+            return self.log_pf(a, b).sum(1).exp()
+
+
+def _tv(p, r):
+    return 0.5 * (p - r / r.sum()).abs().sum().item()
+
+
+def _train(loss_name, on_policy=False, steps=200, seed=0):
+    torch.manual_seed(seed)
+    pol = ToyPolicy()
+    opt = torch.optim.Adam(pol.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    log_r_all = TOY_R.log()
+    for _ in range(steps):
+        if on_policy:  # sample 32 trajectories from the current forward policy
+            with torch.no_grad():
+                a = torch.multinomial(torch.softmax(pol.root, 0), 32, replacement=True, generator=gen)
+                pb = torch.softmax(pol.child[a], 1)
+                b = torch.multinomial(pb, 1, generator=gen).squeeze(1)
+        else:  # uniform exploratory: every leaf once
+            a, b = torch.arange(9) // 3, torch.arange(9) % 3
+        log_pf = pol.log_pf(a, b)  # (T, 2)
+        log_r = log_r_all[a * 3 + b]  # (T,)
+        if loss_name == "tb":
+            loss = trajectory_balance(pol.log_z.expand(a.shape[0]), log_pf, log_r)
+        elif loss_name == "db":
+            loss = detailed_balance(pol.log_f(a), log_pf, log_r)
+        else:
+            loss = subtrajectory_balance(pol.log_f(a), log_pf, log_r, lamda=0.9)
+        assert loss.shape == a.shape
+        opt.zero_grad()
+        loss.mean().backward()
+        opt.step()
+    return pol
+
+
+@pytest.mark.parametrize("loss_name", ["tb", "db", "subtb"])
+def test_toy_tree_converges_to_reward_proportional(loss_name):
+    pol = _train(loss_name)
+    tv = _tv(pol.leaf_probs(), TOY_R)
+    assert tv < TV_TOL, f"{loss_name}: total variation {tv:.4f} >= {TV_TOL}"
+    log_total = math.log(TOY_R.sum().item())
+    flow0 = pol.log_z if loss_name == "tb" else pol.log_f0
+    assert abs(flow0.item() - log_total) < 0.05  # learned log Z = log sum R
+
+
+def test_toy_tree_tb_on_policy():
+    pol = _train("tb", on_policy=True, steps=300, seed=1)
+    tv = _tv(pol.leaf_probs(), TOY_R)
+    assert tv < TV_TOL, f"on-policy TB: total variation {tv:.4f}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loss values, gradients, masks
+# ----------------------------------------------------------------------------------------------------------
+def test_tb_exactly_zero_when_balanced():
+    log_pf = torch.log(torch.tensor([[0.5, 0.25, 0.125], [0.2, 0.1, 1.0]]))  # (2, 3)
+    log_r = torch.tensor([-1.0, 2.0])
+    log_z = log_r - log_pf.sum(1)
+    assert torch.equal(trajectory_balance(log_z, log_pf, log_r), torch.zeros(2))
+    assert trajectory_balance(log_z + 1.0, log_pf, log_r).tolist() == pytest.approx([1.0, 1.0])
+    # log_pb enters with a minus sign
+    assert trajectory_balance(log_z, log_pf, log_r, log_pb=torch.full((2, 3), -0.5)).tolist() == pytest.approx(
+        [2.25, 2.25])
+
+
+def test_db_and_subtb_hand_values():
+    log_f = torch.tensor([[1.0, 0.5]])  # (1, 2): F(s0), F(s1)
+    log_pf = torch.tensor([[-0.2, -0.3]])  # (1, 2)
+    log_r = torch.tensor([0.4])
+    # DB: (1 - 0.2 - 0.5)^2 + (0.5 - 0.3 - 0.4)^2 = 0.09 + 0.04
+    assert detailed_balance(log_f, log_pf, log_r).item() == pytest.approx(0.13)
+    # SubTB(lam): pairs (0,1) d=0.3 w=lam, (1,2) d=-0.2 w=lam, (0,2) d=1-0.5-0.4=0.1 w=lam^2
+    lam = 0.5
+    expect = (lam * 0.09 + lam * 0.04 + lam ** 2 * 0.01) / (2 * lam + lam ** 2)
+    assert subtrajectory_balance(log_f, log_pf, log_r, lamda=lam).item() == pytest.approx(expect)
+
+
+def _subtb_naive(log_f, log_pf, log_r, lam):
+    T, L = log_pf.shape
+    out = []
+    for b in range(T):
+        flows = list(log_f[b]) + [log_r[b]]
+        num = den = 0.0
+        for i in range(L):
+            for j in range(i + 1, L + 1):
+                d = flows[i] + log_pf[b, i:j].sum() - flows[j]
+                num, den = num + lam ** (j - i) * d ** 2, den + lam ** (j - i)
+        out.append(num / den)
+    return torch.stack(out)
+
+
+def test_subtb_matches_naive_and_reduces_to_db_and_tb():
+    g = torch.Generator().manual_seed(0)
+    log_f, log_pf, log_r = torch.randn(5, 4, generator=g), -torch.rand(5, 4, generator=g), torch.randn(5, generator=g)
+    for lam in (0.3, 0.9, 2.0):
+        assert torch.allclose(subtrajectory_balance(log_f, log_pf, log_r, lamda=lam),
+                              _subtb_naive(log_f, log_pf, log_r, lam), atol=1e-5)
+    # L = 1: the only sub-trajectory is the transition itself -> DB == SubTB == TB(log Z = F(s0))
+    f1, pf1 = log_f[:, :1], log_pf[:, :1]
+    db = detailed_balance(f1, pf1, log_r)
+    assert torch.allclose(subtrajectory_balance(f1, pf1, log_r), db)
+    assert torch.allclose(trajectory_balance(f1[:, 0], pf1, log_r), db)
+
+
+def test_mask_equals_truncated_trajectory_and_ignores_garbage():
+    g = torch.Generator().manual_seed(1)
+    log_f = torch.randn(2, 3, generator=g, requires_grad=True)
+    log_pf = (-torch.rand(2, 3, generator=g)).requires_grad_()
+    log_r = torch.randn(2, generator=g)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    for fn in (detailed_balance, subtrajectory_balance):
+        garbage_pf = torch.where(mask, log_pf, torch.tensor(-math.inf))
+        garbage_f = torch.where(mask, log_f, torch.tensor(math.nan))
+        got = fn(garbage_f, garbage_pf, log_r, mask=mask)
+        assert torch.allclose(got[0], fn(log_f[:1, :2], log_pf[:1, :2], log_r[:1])[0])
+        assert torch.allclose(got[1], fn(log_f[1:], log_pf[1:], log_r[1:])[0])
+        log_f.grad = log_pf.grad = None
+        got.sum().backward()
+        assert torch.isfinite(log_f.grad).all() and torch.isfinite(log_pf.grad).all()
+    garbage_pf = torch.where(mask, log_pf, torch.tensor(-math.inf))
+    tb = trajectory_balance(torch.zeros(2), garbage_pf, log_r, mask=mask)
+    assert torch.allclose(tb[0], (log_pf[0, :2].sum() - log_r[0]) ** 2)
+    with pytest.raises(ValueError, match="prefix"):
+        detailed_balance(log_f, log_pf, log_r, mask=torch.tensor([[True, False, True], [True] * 3]))
+
+
+def test_losses_finite_for_extreme_rewards_and_grads_reach_flows():
+    # rewards 0 (floored by eps through comprehensive_reward), 1e-12, 1e6
+    is_pos = torch.tensor([[False, False, False]])
+    codes = torch.tensor([[[7, 7], [8, 8], [9, 9]]])
+    _, log_r0, _ = comprehensive_reward(is_pos, torch.zeros(1, 3), codes, torch.tensor([[1, 1]]), eps=1e-6)
+    assert torch.isfinite(log_r0).all() and log_r0[0, 0].item() == pytest.approx(math.log(1e-6))
+    log_r = torch.tensor([log_r0[0, 0].item(), math.log(1e-12), math.log(1e6)])  # (3,)
+    logits = torch.randn(3, 2, 5, requires_grad=True)  # (T, L, vocab)
+    log_z = torch.zeros(3, requires_grad=True)
+    log_f = torch.zeros(3, 2, requires_grad=True)
+    log_pf = torch.log_softmax(logits, -1)[..., 0]  # (T, L)
+    losses = [trajectory_balance(log_z, log_pf, log_r), detailed_balance(log_f, log_pf, log_r),
+              subtrajectory_balance(log_f, log_pf, log_r)]
+    for loss in losses:
+        assert loss.shape == (3,) and torch.isfinite(loss).all()
+    sum(x.sum() for x in losses).backward()
+    for t in (logits, log_z, log_f):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_loss_argument_errors():
+    with pytest.raises(ValueError, match="log_r"):
+        trajectory_balance(torch.zeros(2), torch.zeros(2, 3), torch.zeros(3))
+    with pytest.raises(ValueError, match="log_f"):
+        detailed_balance(torch.zeros(2, 2), torch.zeros(2, 3), torch.zeros(2))
+    with pytest.raises(ValueError, match="lamda"):
+        subtrajectory_balance(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2), lamda=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reward and weights
+# ----------------------------------------------------------------------------------------------------------
+def _reward_example():
+    is_pos = torch.tensor([[True, False, False]])  # (1, 3)
+    cm = torch.tensor([[0.9, 0.5, 0.0]])  # (1, 3)
+    codes = torch.tensor([[[1, 2, 3], [1, 2, 4], [5, 6, 7]]])  # (1, 3, 3)
+    pos = torch.tensor([[1, 2, 3]])  # (1, 3)
+    return is_pos, cm, codes, pos
+
+
+def test_reward_parts_hand_example():
+    is_pos, cm, codes, pos = _reward_example()
+    r, log_r, parts = comprehensive_reward(is_pos, cm, codes, pos)
+    assert parts["aug"].tolist() == [[1.0, 0.0, 0.0]]
+    assert parts["cm"][0].tolist() == pytest.approx([0.9, 0.5, 0.0])
+    assert parts["tok"][0].tolist() == pytest.approx([1.0, 2 / 3, 0.0])
+    assert r[0].tolist() == pytest.approx([2.9, 0.5 + 2 / 3, 1e-6])
+    assert torch.allclose(log_r, r.log())
+    r2, _, _ = comprehensive_reward(is_pos, cm, codes, pos, use_cm=False, exponent=2.0)
+    assert r2[0].tolist() == pytest.approx([4.0, 4 / 9, 1e-6])
+    r3, _, _ = comprehensive_reward(is_pos, cm, codes, pos, use_aug=False, use_tok=False, eps=1e-3)
+    assert r3[0].tolist() == pytest.approx([0.9, 0.5, 1e-3])
+    # huge exponent: log R stays finite even where R overflows float32
+    _, log_big, _ = comprehensive_reward(is_pos, cm, codes, pos, exponent=200.0)
+    assert torch.isfinite(log_big).all() and log_big[0, 0].item() == pytest.approx(200 * math.log(2.9), rel=1e-5)
+
+
+def test_reward_errors():
+    args = _reward_example()
+    with pytest.raises(ValueError, match="at least one"):
+        comprehensive_reward(*args, use_aug=False, use_cm=False, use_tok=False)
+    with pytest.raises(ValueError, match="eps"):
+        comprehensive_reward(*args, eps=0.0)
+    with pytest.raises(ValueError, match="exponent"):
+        comprehensive_reward(*args, exponent=-1.0)
+    with pytest.raises(ValueError, match="pos_codes"):
+        comprehensive_reward(*args[:3], torch.tensor([[1, 2]]))
+
+
+def test_uncertainty_weights_hand_numbers():
+    r_aug = torch.tensor([[1.0, 0.0, 0.0]])
+    r_cm = torch.tensor([[0.5, 0.5, 0.0]])
+    # u = 1/(1+|diff|) = [2/3, 2/3, 1]; mean 7/9 -> w = [6/7, 6/7, 9/7]
+    w = uncertainty_weights(r_aug, r_cm)
+    assert w[0].tolist() == pytest.approx([6 / 7, 6 / 7, 9 / 7])
+    assert w.mean().item() == pytest.approx(1.0)
+    assert torch.equal(uncertainty_weights(r_aug, r_cm, enabled=False), torch.ones(1, 3))
+    g = torch.Generator().manual_seed(0)
+    w = uncertainty_weights((torch.rand(8, 5, generator=g) > 0.8).float(), torch.rand(8, 5, generator=g))
+    assert w.mean().item() == pytest.approx(1.0) and not w.requires_grad
+    with pytest.raises(ValueError, match="same shape"):
+        uncertainty_weights(torch.zeros(2), torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# adaptive sampler
+# ----------------------------------------------------------------------------------------------------------
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(b=st.integers(1, 5), n_items=st.integers(2, 60), n_aug=st.integers(0, 6), seed=st.integers(0, 10 ** 6),
+       p_excl=st.floats(0.0, 0.9), progress=st.floats(0.0, 1.0), mode=st.sampled_from(["adaptive", "random"]),
+       schedule=st.sampled_from(["linear", "cosine"]), window=st.floats(0.01, 1.0), ties=st.booleans())
+def test_sampler_never_returns_excluded(b, n_items, n_aug, seed, p_excl, progress, mode, schedule, window, ties):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 3, (b, n_items), generator=g).float() if ties else torch.randn(b, n_items, generator=g)
+    exclude = torch.rand(b, n_items, generator=g) < p_excl  # (B, n_items) history
+    exclude[:, 0] = True  # padding item
+    exclude[torch.arange(b), torch.randint(1, n_items, (b,), generator=g)] = True  # positive
+    n_allowed = (~exclude).sum(1)
+    sampler = AdaptiveSampler(n_aug, mode=mode, window=window, schedule=schedule)
+    if (n_allowed < n_aug).any():
+        with pytest.raises(ValueError, match="gflowgr_n_aug"):
+            sampler.sample(scores, exclude, progress, generator=g)
+        return
+    out = sampler.sample(scores, exclude, progress, generator=g)
+    assert out.shape == (b, n_aug) and out.dtype == torch.long
+    if n_aug:
+        assert not exclude.gather(1, out).any()
+        assert all(len(set(row)) == n_aug for row in out.tolist())
+
+
+def test_sampler_curriculum_mean_score_rises():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(64, 500, generator=g)
+    exclude = torch.rand(64, 500, generator=g) < 0.2
+    exclude[:, 0] = True
+    sampler = AdaptiveSampler(8, start=0.0, end=0.9, window=0.1)
+    means = []
+    for p in (0.0, 0.5, 1.0):
+        out = sampler.sample(scores, exclude, p, generator=torch.Generator().manual_seed(1))
+        means.append(scores.gather(1, out).mean().item())
+        # sampled items lie in the quantile window of each user's allowed scores
+        lo, hi = sampler.window_bounds(p)
+        allowed = scores.masked_fill(exclude, float("nan"))
+        q_lo, q_hi = allowed.nanquantile(max(lo - 0.01, 0), dim=1), allowed.nanquantile(min(hi + 0.01, 1), dim=1)
+        got = scores.gather(1, out)
+        assert ((got >= q_lo[:, None]) & (got <= q_hi[:, None])).all()
+    assert means[0] < means[1] < means[2]
+    # deterministic given a generator
+    a = sampler.sample(scores, exclude, 0.3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, sampler.sample(scores, exclude, 0.3, generator=torch.Generator().manual_seed(5)))
+
+
+def test_sampler_schedules_and_window():
+    lin = AdaptiveSampler(2, start=0.1, end=0.9, window=0.2)
+    assert lin.centre(0.5) == pytest.approx(0.5)
+    assert lin.window_bounds(1.0) == pytest.approx((0.8, 1.0))  # clamped inside [0, 1]
+    cos = AdaptiveSampler(2, start=0.0, end=1.0, schedule="cosine")
+    assert cos.centre(0.25) == pytest.approx((1 - math.cos(math.pi / 4)) / 2)
+    assert cos.centre(0.0) == 0.0 and cos.centre(1.0) == pytest.approx(1.0)
+
+
+def test_sampler_widens_small_window():
+    scores = torch.arange(10.0).unsqueeze(0)  # (1, 10)
+    exclude = torch.zeros(1, 10, dtype=torch.bool)
+    exclude[0, [0, 2, 4, 6, 8]] = True  # allowed: 1, 3, 5, 7, 9
+    out = AdaptiveSampler(4, window=0.1).sample(scores, exclude, 1.0, generator=torch.Generator().manual_seed(0))
+    assert sorted(out[0].tolist()) == [3, 5, 7, 9]  # the 4 highest allowed items
+    out = AdaptiveSampler(5, window=0.1).sample(scores, exclude, 0.0)
+    assert sorted(out[0].tolist()) == [1, 3, 5, 7, 9]
+
+
+def test_sampler_random_mode_covers_allowed_items():
+    scores = torch.randn(1, 10)
+    exclude = torch.zeros(1, 10, dtype=torch.bool)
+    exclude[0, [0, 3]] = True
+    sampler = AdaptiveSampler(2, mode="random")
+    g = torch.Generator().manual_seed(0)
+    out = sampler.sample(scores.expand(4000, 10), exclude.expand(4000, 10), 0.7, generator=g)  # (4000, 2)
+    counts = torch.bincount(out.flatten(), minlength=10)
+    assert counts[0] == 0 and counts[3] == 0
+    allowed = counts[[1, 2, 4, 5, 6, 7, 8, 9]].float()
+    assert (allowed > 0).all() and ((allowed / 1000.0 - 1).abs() < 0.15).all()  # 8000 draws / 8 items
+
+
+def test_sampler_ties_are_not_broken_by_index():
+    scores = torch.zeros(2000, 20)  # every item tied: the window is every allowed item
+    exclude = torch.zeros(2000, 20, dtype=torch.bool)
+    exclude[:, 0] = True
+    out = AdaptiveSampler(1, window=0.1).sample(scores, exclude, 0.0, generator=torch.Generator().manual_seed(0))
+    assert set(out.flatten().tolist()) == set(range(1, 20))
+
+
+def test_sampler_zero_aug_and_errors():
+    out = AdaptiveSampler(0).sample(torch.randn(3, 5), torch.ones(3, 5, dtype=torch.bool), 0.5)
+    assert out.shape == (3, 0) and out.dtype == torch.long
+    with pytest.raises(ValueError, match="gflowgr_n_aug") as e:
+        AdaptiveSampler(-1)
+    assert isinstance(e.value, ConfigError)
+    for kwargs, key in [({"mode": "hard"}, "gflowgr_sampler"), ({"start": -0.1}, "gflowgr_curriculum_start"),
+                        ({"end": 1.5}, "gflowgr_curriculum_end"), ({"window": 0.0}, "gflowgr_curriculum_window"),
+                        ({"window": 1.1}, "gflowgr_curriculum_window"),
+                        ({"schedule": "step"}, "gflowgr_curriculum_schedule")]:
+        with pytest.raises(ValueError, match=key):
+            AdaptiveSampler(2, **kwargs)
+    with pytest.raises(ValueError, match="gflowgr_n_aug"):
+        AdaptiveSampler(2.5)
+    exclude = torch.zeros(2, 5, dtype=torch.bool)
+    exclude[1, :4] = True  # row 1 has a single allowed item
+    with pytest.raises(ValueError, match="row 1 has only 1 allowed"):
+        AdaptiveSampler(2).sample(torch.randn(2, 5), exclude, 0.0)
+    with pytest.raises(ValueError, match="progress"):
+        AdaptiveSampler(1).sample(torch.randn(2, 5), torch.zeros(2, 5, dtype=torch.bool), 1.5)
