@@ -1,0 +1,397 @@
+"""Trie-constrained decoding of semantic IDs with a T5 encoder-decoder.
+
+Every item has a semantic ID of ``L`` code tokens, given as vocabulary token ids in ``codes`` (n_items, L).
+The decoder starts from ``model.config.decoder_start_token_id`` and emits exactly ``L`` tokens.
+
+Constrained forward policy
+--------------------------
+At every step the logits of tokens that do not extend the current prefix to a real item are set to ``-inf``
+*before* the log-softmax, i.e. the next-token distribution is renormalised over the allowed children of the
+prefix node.  The log-probability of an item is the sum over its ``L`` steps of this constrained log-softmax.
+Beam search, :func:`sequence_log_probs` and :func:`exhaustive_log_probs` all use this same policy, so an item's
+beam score equals its teacher-forced log-probability, and ``exp`` of the scores of all items sums to 1.
+
+Only the logits of each level's token range ``[lo_t, lo_t + width_t)`` are computed (a slice of the tied
+output projection): tokens outside it are never allowed at that level, so this is the same distribution.
+
+Decoding
+--------
+:func:`constrained_beam_search` runs the encoder once, the first decoder step on one row per user and the
+other ``L - 1`` steps on B*K beam rows, with a Python loop over the L steps only.  Its default ``"grouped"``
+step reuses the T5 sub-modules with a self-attention KV cache and one copy of the cross-attention keys/values
+per user (not per beam); ``"cache"`` (HF ``EncoderDecoderCache``) and ``"recompute"`` (no cache) are reference
+paths built on the HF decoder forward and give the same result.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+__all__ = [
+    "SemanticIDTrie",
+    "constrained_log_softmax",
+    "constrained_beam_search",
+    "sequence_log_probs",
+    "exhaustive_log_probs",
+    "encode",
+]
+
+
+class SemanticIDTrie:
+    """Tensorised prefix trie over the items' semantic IDs.
+
+    For each level ``t`` (0..L-1) the nodes are the distinct ID prefixes of length ``t`` (level 0: the root only)
+    and ``child[t]`` is an int32 table of shape (n_nodes_t + 1, width_t): entry ``[node, tok - lo[t]]`` is the id of
+    the level-(t+1) node reached by appending token ``tok``, or -1 when that token is not allowed.  At the last level
+    the child id *is* the item index (leaf -> item map).  The extra last row of each table is a "dead" node with no
+    children, used for padded beams (node id -1).  Tables only span the level's token range ``[lo[t], lo[t] +
+    width[t])``, so for 4 x 256 codes and 30k items the largest one is about 30k x 256 int32 = 30 MB.
+
+    Attributes: ``codes`` (n_items, L) token ids, ``item_nodes`` (n_items, L) the node id of each item's prefix
+    at every level, ``child`` list of L tables, ``lo``/``width`` lists of L ints, ``n_items``, ``L``.
+    """
+
+    def __init__(self, codes: torch.Tensor):
+        codes = torch.as_tensor(codes).long().cpu()
+        if codes.dim() != 2 or codes.shape[0] == 0 or codes.shape[1] == 0:
+            raise ValueError(f"codes must be a non-empty (n_items, L) tensor, got shape {tuple(codes.shape)}")
+        if (codes < 0).any():
+            raise ValueError("codes must be non-negative vocabulary token ids")
+        n_items, L = codes.shape
+        if torch.unique(codes, dim=0).shape[0] != n_items:
+            raise ValueError("semantic IDs must be distinct: two items share the same code sequence")
+        self.n_items, self.L = int(n_items), int(L)
+        self.codes = codes  # (n_items, L)
+
+        # node id of every item's prefix of length t, for t = 0..L-1
+        item_nodes = torch.zeros(n_items, L, dtype=torch.long)  # (n_items, L)
+        n_nodes = [1]
+        for t in range(1, L):
+            _, inverse = torch.unique(codes[:, :t], dim=0, return_inverse=True)
+            item_nodes[:, t] = inverse
+            n_nodes.append(int(inverse.max()) + 1)
+        self.item_nodes = item_nodes
+        self.n_nodes = n_nodes
+
+        self.lo, self.width, self.child = [], [], []
+        for t in range(L):
+            lo, hi = int(codes[:, t].min()), int(codes[:, t].max()) + 1
+            table = torch.full((n_nodes[t] + 1, hi - lo), -1, dtype=torch.int32)  # (n_nodes_t + 1, width_t)
+            nxt = item_nodes[:, t + 1] if t + 1 < L else torch.arange(n_items)
+            table[item_nodes[:, t], codes[:, t] - lo] = nxt.to(torch.int32)
+            self.lo.append(lo)
+            self.width.append(hi - lo)
+            self.child.append(table)
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def to(self, device) -> "SemanticIDTrie":
+        """Move all tables to ``device`` (in place) and return self."""
+        self.codes = self.codes.to(device)
+        self.item_nodes = self.item_nodes.to(device)
+        self.child = [c.to(device) for c in self.child]
+        return self
+
+    def children(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
+        """Child ids (..., width_level) of level-``level`` nodes (...); node -1 (dead) has no children."""
+        dead = self.child[level].shape[0] - 1
+        rows = torch.where(nodes < 0, torch.full_like(nodes, dead), nodes)
+        return self.child[level][rows].long()
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __repr__(self) -> str:
+        return f"SemanticIDTrie(n_items={self.n_items}, L={self.L}, n_nodes={self.n_nodes}, width={self.width})"
+
+
+def constrained_log_softmax(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Log-softmax of ``logits`` renormalised over ``allowed`` tokens; disallowed entries are -inf.
+
+    Rows with no allowed token come out all -inf without producing NaN values or NaN gradients.
+    """
+    row_ok = allowed.any(dim=-1, keepdim=True)
+    keep = allowed | ~row_ok  # a fully masked row is computed unmasked, then masked out below
+    logp = torch.log_softmax(logits.float().masked_fill(~keep, float("-inf")), dim=-1)
+    return logp.masked_fill(~allowed, float("-inf"))
+
+
+def encode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Encoder last hidden state (B, S, d)."""
+    return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _encoder_states(model, input_ids, attention_mask, encoder_outputs):
+    """(B, S, d) encoder states from ``encoder_outputs`` (tensor or ModelOutput) or by running the encoder."""
+    if encoder_outputs is None:
+        return encode(model, input_ids, attention_mask)
+    if torch.is_tensor(encoder_outputs):
+        return encoder_outputs
+    return encoder_outputs[0]
+
+
+def _level_logits(model, trie: SemanticIDTrie, level: int, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits (..., width_level) of the level's token range from decoder states (..., d), as the LM head does."""
+    head = model.get_output_embeddings()
+    config = model.config
+    scale = getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", False))
+    if scale:
+        hidden = hidden * (config.d_model ** -0.5)
+    lo, hi = trie.lo[level], trie.lo[level] + trie.width[level]
+    bias = head.bias[lo:hi] if getattr(head, "bias", None) is not None else None
+    return F.linear(hidden, head.weight[lo:hi], bias)
+
+
+def _level_log_probs(model, trie, level, hidden, nodes):
+    """Constrained log-probs (R, W) and child ids (R, W) for decoder states (R, d) at prefix ``nodes`` (R,)."""
+    children = trie.children(level, nodes)  # (R, W)
+    logp = constrained_log_softmax(_level_logits(model, trie, level, hidden), children >= 0)
+    return logp, children
+
+
+class _RecomputeStepper:
+    """Reference decoder: re-runs the HF decoder on the whole prefix every step (no cache)."""
+
+    def __init__(self, model, enc, mask):
+        self.decoder, self.enc, self.mask = model.get_decoder(), enc, mask  # (B, S, d), (B, S)
+
+    def expand(self, K):
+        self.enc = self.enc.repeat_interleave(K, dim=0)  # (B*K, S, d)
+        self.mask = self.mask.repeat_interleave(K, dim=0) if self.mask is not None else None
+
+    def reorder(self, rows):
+        pass
+
+    def step(self, seq):  # seq (R, t + 1) -> (R, d)
+        return self.decoder(input_ids=seq, encoder_hidden_states=self.enc, encoder_attention_mask=self.mask,
+                            use_cache=False).last_hidden_state[:, -1]
+
+
+class _HFCacheStepper(_RecomputeStepper):
+    """HF decoder with an ``EncoderDecoderCache``; beams reorder only the self-attention cache (index_select)."""
+
+    def __init__(self, model, enc, mask):
+        super().__init__(model, enc, mask)
+        config = self.decoder.config
+        self.cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+
+    def expand(self, K):
+        super().expand(K)
+        self.cache.batch_repeat_interleave(K)  # cross-attention K/V copied for every beam, as HF generate does
+
+    def reorder(self, rows):
+        self.cache.self_attention_cache.reorder_cache(rows)
+
+    def step(self, seq):
+        return self.decoder(input_ids=seq[:, -1:], encoder_hidden_states=self.enc, encoder_attention_mask=self.mask,
+                            past_key_values=self.cache, use_cache=True).last_hidden_state[:, -1]
+
+
+class _GroupedT5Stepper:
+    """Incremental T5 decoder step with cross-attention grouped by user (reuses the model's own sub-modules).
+
+    The cross-attention keys/values are computed once per user, (B, H, S, d_kv), and the K beams of a user are
+    attended as K queries against them: (B, H, K, d_kv) @ (B, H, d_kv, S).  This avoids copying them for every
+    beam (what HF generate does), which dominates decoding time and memory.  The self-attention cache holds
+    (R, H, t, d_kv) per layer.  Mirrors ``T5Stack`` in eval mode: no dropout, no fp16 clamping.
+    """
+
+    def __init__(self, model, enc, mask):
+        dec = model.get_decoder()
+        self.dec, self.blocks, self.t = dec, dec.block, 0
+        att0 = dec.block[0].layer[0].SelfAttention
+        self.H, self.dk = att0.n_heads, att0.key_value_proj_dim
+        B, S, _ = enc.shape
+        self.bias = None  # relative position bias rows, filled lazily
+        self.cross = []
+        for blk in self.blocks:
+            att = blk.layer[1].EncDecAttention
+            k = att.k(enc).view(B, S, self.H, self.dk).transpose(1, 2)  # (B, H, S, dk)
+            v = att.v(enc).view(B, S, self.H, self.dk).transpose(1, 2)  # (B, H, S, dk)
+            self.cross.append((k, v))
+        mask = torch.ones(B, S, dtype=torch.bool, device=enc.device) if mask is None else mask.bool()
+        self.keep = mask.view(B, 1, 1, S)  # (B, 1, 1, S)
+        self.kv = [None] * len(self.blocks)
+
+    def expand(self, K):
+        self.kv = [(k.repeat_interleave(K, dim=0), v.repeat_interleave(K, dim=0)) for k, v in self.kv]
+
+    def reorder(self, rows):
+        self.kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.kv]
+
+    def _attend(self, q, k, v, add=None, keep=None):
+        s = q @ k.transpose(-1, -2)  # T5: no 1/sqrt(d) scaling
+        if add is not None:
+            s = s + add
+        if keep is not None:
+            s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
+        return torch.softmax(s.float(), dim=-1).type_as(q) @ v
+
+    def step(self, seq):  # seq (R, t + 1) -> (R, d)
+        R, t, B = seq.shape[0], self.t, self.keep.shape[0]
+        G, H, dk = R // B, self.H, self.dk
+        if self.bias is None or self.bias.shape[-1] <= t:
+            att0 = self.blocks[0].layer[0].SelfAttention
+            self.bias = att0.compute_bias(t + 8, t + 8, device=seq.device)  # (1, H, n, n)
+        bias = self.bias[:, :, t:t + 1, :t + 1]  # (1, H, 1, t + 1)
+        h = self.dec.embed_tokens(seq[:, -1])  # (R, d)
+        for i, blk in enumerate(self.blocks):
+            sa, ca = blk.layer[0], blk.layer[1]
+            n = sa.layer_norm(h)
+            att = sa.SelfAttention
+            q, k, v = (p(n).view(R, H, 1, dk) for p in (att.q, att.k, att.v))  # (R, H, 1, dk)
+            if self.kv[i] is not None:
+                k, v = torch.cat([self.kv[i][0], k], dim=2), torch.cat([self.kv[i][1], v], dim=2)
+            self.kv[i] = (k, v)  # (R, H, t + 1, dk)
+            h = h + att.o(self._attend(q, k, v, add=bias).reshape(R, H * dk))
+            n = ca.layer_norm(h)
+            att = ca.EncDecAttention
+            q = att.q(n).view(B, G, H, dk).transpose(1, 2)  # (B, H, G, dk)
+            out = self._attend(q, *self.cross[i], keep=self.keep)  # (B, H, G, dk)
+            h = h + att.o(out.transpose(1, 2).reshape(R, H * dk))
+            h = blk.layer[2](h)  # feed-forward with residual
+        self.t += 1
+        return self.dec.final_layer_norm(h)
+
+
+_STEPPERS = {"grouped": _GroupedT5Stepper, "cache": _HFCacheStepper, "recompute": _RecomputeStepper}
+
+
+@torch.no_grad()
+def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTrie, beam_size: int,
+                            encoder_outputs=None, mode: str = "grouped"):
+    """Trie-constrained beam search over semantic IDs, batched over users.
+
+    Args:
+        model: a ``T5ForConditionalGeneration`` in eval mode (this runs under ``no_grad``; the default mode
+            applies no dropout).
+        input_ids, attention_mask: (B, S) encoder inputs (history tokens).
+        trie: :class:`SemanticIDTrie` on the model's device.
+        beam_size: number of beams K >= 1 (= number of returned items).
+        encoder_outputs: optional precomputed encoder states (B, S, d) or a ModelOutput holding them.
+        mode: ``"grouped"`` (default, fastest): incremental decoder step with a self-attention KV cache and
+            cross-attention keys/values shared by a user's beams; ``"cache"``: the HF decoder with an
+            ``EncoderDecoderCache`` (cross K/V copied per beam); ``"recompute"``: the HF decoder re-run on the
+            whole prefix each step (no cache; reference).  All three give the same result.
+
+    Returns:
+        items (B, K) LongTensor of item indices sorted by descending constrained log-probability, and scores
+        (B, K) float32 (sum of the constrained log-softmax over the L steps).  When fewer than K items exist,
+        the missing slots hold item -1 and score -inf.
+
+    The encoder runs once and the first decoder step on B rows; then every user carries K beams (B*K rows).
+    Beams only move within their user, so only the self-attention cache is reordered.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if mode not in _STEPPERS:
+        raise ValueError(f"mode must be one of {sorted(_STEPPERS)}, got {mode!r}")
+    K, L = int(beam_size), trie.L
+    enc = _encoder_states(model, input_ids, attention_mask, encoder_outputs)  # (B, S, d)
+    B, device = enc.shape[0], enc.device
+    stepper = _STEPPERS[mode](model, enc, attention_mask)
+    start = torch.full((B, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)  # (B, 1)
+
+    # step 0: one row per user (all beams share the start token)
+    logp, children = _level_log_probs(model, trie, 0, stepper.step(start), start.new_zeros(B))  # (B, W0)
+    k0 = min(K, trie.width[0])
+    scores, tok = logp.topk(k0, dim=-1)  # (B, k0)
+    nodes = children.gather(1, tok)  # (B, k0)
+    if k0 < K:  # pad with dead beams
+        scores = torch.cat([scores, scores.new_full((B, K - k0), float("-inf"))], dim=1)
+        nodes = torch.cat([nodes, nodes.new_full((B, K - k0), -1)], dim=1)
+        tok = torch.cat([tok, tok.new_zeros(B, K - k0)], dim=1)
+    seq = torch.cat([start.expand(B, K).unsqueeze(-1), (tok + trie.lo[0]).unsqueeze(-1)], dim=-1)  # (B, K, 2)
+
+    R = B * K
+    if L > 1:
+        stepper.expand(K)
+    offsets = torch.arange(B, device=device).unsqueeze(1) * K  # (B, 1)
+    for t in range(1, L):
+        h = stepper.step(seq.reshape(R, t + 1))  # (R, d)
+        logp, children = _level_log_probs(model, trie, t, h, nodes.reshape(R))  # (R, W), (R, W)
+        W = trie.width[t]
+        total = (scores.unsqueeze(-1) + logp.view(B, K, W)).view(B, K * W)  # (B, K*W)
+        scores, idx = total.topk(K, dim=-1)  # (B, K); K <= K*W
+        parent, tok = idx // W, idx % W  # (B, K)
+        nodes = children.view(B, K * W).gather(1, idx)  # (B, K)
+        seq = torch.cat([seq.gather(1, parent.unsqueeze(-1).expand(-1, -1, t + 1)),
+                         (tok + trie.lo[t]).unsqueeze(-1)], dim=-1)  # (B, K, t + 2)
+        if t < L - 1:
+            stepper.reorder((parent + offsets).reshape(R))
+
+    valid = nodes >= 0  # at the last level child ids are item indices
+    items = torch.where(valid, nodes, torch.full_like(nodes, -1))
+    scores = torch.where(valid, scores, torch.full_like(scores, float("-inf")))
+    return items, scores
+
+
+def sequence_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, target_items: torch.Tensor,
+                       encoder_outputs=None, return_steps: bool = False, return_hidden: bool = False):
+    """Teacher-forced constrained log-probability of M candidate items per user (differentiable).
+
+    Args:
+        model: a ``T5ForConditionalGeneration`` (train or eval mode; gradients flow to all its parameters).
+        input_ids, attention_mask: (B, S) encoder inputs; ``input_ids`` may be None when ``encoder_outputs``
+            (B, S, d) is given (``attention_mask`` is still needed for the cross-attention).
+        trie: :class:`SemanticIDTrie` on the model's device.
+        target_items: (B, M) item indices (a (B,) tensor is treated as M = 1 and squeezed back);
+            entries -1 are padding and get log-probability -inf.
+        return_steps: also return the per-step constrained log-probs (B, M, L).
+        return_hidden: also return the decoder final hidden states (B, M, L, d): position t is the state
+            after reading the start token and the first t code tokens, i.e. the state that predicts token t
+            (after the decoder's final layer norm, before the LM head's rescaling).
+
+    Returns:
+        log_probs (B, M); with extras a tuple ``(log_probs, steps?, hidden?)`` in that order.
+
+    The encoder runs once per user; its states are repeated for the user's M candidates.
+    """
+    squeeze = target_items.dim() == 1
+    targets = target_items.unsqueeze(1) if squeeze else target_items  # (B, M)
+    B, M = targets.shape
+    L = trie.L
+    enc = _encoder_states(model, input_ids, attention_mask, encoder_outputs)  # (B, S, d)
+    valid = (targets >= 0) & (targets < trie.n_items)  # (B, M)
+    safe = torch.where(valid, targets, torch.zeros_like(targets)).reshape(B * M)
+    tokens = trie.codes[safe]  # (B*M, L)
+    nodes = trie.item_nodes[safe]  # (B*M, L)
+    start = tokens.new_full((B * M, 1), model.config.decoder_start_token_id)
+    dec_in = torch.cat([start, tokens[:, :-1]], dim=1)  # (B*M, L)
+    hidden = model.get_decoder()(
+        input_ids=dec_in,
+        encoder_hidden_states=enc.repeat_interleave(M, dim=0),
+        encoder_attention_mask=attention_mask.repeat_interleave(M, dim=0) if attention_mask is not None else None,
+        use_cache=False,
+    ).last_hidden_state  # (B*M, L, d)
+
+    steps = []
+    for t in range(L):
+        logp, _ = _level_log_probs(model, trie, t, hidden[:, t], nodes[:, t])  # (B*M, W_t)
+        steps.append(logp.gather(1, (tokens[:, t] - trie.lo[t]).unsqueeze(1)).squeeze(1))  # (B*M,)
+    steps = torch.stack(steps, dim=1).view(B, M, L)  # (B, M, L)
+    steps = steps.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+    total = steps.sum(dim=-1)  # (B, M)
+
+    hidden = hidden.view(B, M, L, -1)  # (B, M, L, d)
+    if squeeze:
+        total, steps, hidden = total.squeeze(1), steps.squeeze(1), hidden.squeeze(1)
+    extras = ([steps] if return_steps else []) + ([hidden] if return_hidden else [])
+    return (total, *extras) if extras else total
+
+
+@torch.no_grad()
+def exhaustive_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, chunk_size: int = 512,
+                         encoder_outputs=None) -> torch.Tensor:
+    """Constrained log-probability (B, n_items) of every item for every user (no grad, items in chunks)."""
+    enc = _encoder_states(model, input_ids, attention_mask, encoder_outputs)  # (B, S, d)
+    B = enc.shape[0]
+    out = []
+    for s in range(0, trie.n_items, chunk_size):
+        items = torch.arange(s, min(s + chunk_size, trie.n_items), device=enc.device)
+        out.append(sequence_log_probs(model, None, attention_mask, trie, items.unsqueeze(0).expand(B, -1),
+                                      encoder_outputs=enc))
+    return torch.cat(out, dim=1)  # (B, n_items)
