@@ -1,9 +1,11 @@
 """``Config``: RecBole's own, plus this project's yaml files (never re-implements ``Config.__init__``).
 
-Precedence, lowest first: RecBole's internal yaml → ``properties/overall.yaml`` → our model yaml
-(``recbole_gflowgr/properties/model/<Model>.yaml``) → ``properties/datasets/<dataset>.yaml`` → the user's
+Precedence, lowest first: RecBole's internal yaml → ``properties/overall.yaml`` → our model yaml(s)
+(``recbole_gflowgr/properties/model/<Model>.yaml`` of the class and its bases, then for our generative models
+``recbole_gflowgr/properties/finetune/*.yaml``) → ``properties/datasets/<dataset>.yaml`` → the user's
 ``config_file_list`` → ``config_dict`` → command line ``--key=value``.
 """
+import glob
 import os
 
 from recbole.config import Config as RecBoleConfig
@@ -11,9 +13,11 @@ from recbole.config import Config as RecBoleConfig
 from recbole_gflowgr import compat
 from recbole_gflowgr.data.registry import REPO_ROOT, get_dataset_spec
 from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.registry import OUR_MODELS
 
 PROPERTIES = os.path.join(REPO_ROOT, "properties")
 MODEL_PROPERTIES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties", "model")
+FINETUNE_PROPERTIES = os.path.join(os.path.dirname(MODEL_PROPERTIES), "finetune")
 
 
 class Config(RecBoleConfig):
@@ -23,6 +27,11 @@ class Config(RecBoleConfig):
         for path in config_file_list or []:
             if not os.path.isfile(path):
                 raise ConfigError(f"config file {path} not found (from --config_files); check the path")
+        seen = {}
+        for arg in cmd_args or ():
+            key, _, value = arg[2:].partition("=")
+            if seen.setdefault(key, value) != value:
+                raise ConfigError(f"--{key} is given twice with different values ({seen[key]!r}, {value!r}); keep one")
         with compat.argv(cmd_args):
             super().__init__(model, dataset, config_file_list, config_dict)
 
@@ -42,8 +51,11 @@ class Config(RecBoleConfig):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         dataset_file = os.path.join(PROPERTIES, "datasets", f"{dataset}.yaml")
-        for path in (os.path.join(PROPERTIES, "overall.yaml"), os.path.join(MODEL_PROPERTIES, f"{model}.yaml"),
-                     dataset_file):
+        # a model's yaml extends those of its base classes (LETTER.yaml only says what differs from TIGER.yaml)
+        model_files = [os.path.join(MODEL_PROPERTIES, f"{cls.__name__}.yaml") for cls in reversed(model_class.__mro__)]
+        if model in OUR_MODELS:  # every fine-tuning method's defaults, so any --finetune works without extra files
+            model_files += sorted(glob.glob(os.path.join(FINETUNE_PROPERTIES, "*.yaml")))
+        for path in [os.path.join(PROPERTIES, "overall.yaml")] + model_files + [dataset_file]:
             if os.path.isfile(path):
                 loaded = self._update_internal_config_dict(path) or {}
                 if path == dataset_file:

@@ -1,5 +1,7 @@
 """``run``: one training + evaluation run through RecBole, ending in a result row. Never imports
 ``recbole.quick_start`` (it imports ray)."""
+import os
+import shutil
 import sys
 import time
 from logging import getLogger
@@ -7,8 +9,11 @@ from logging import getLogger
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
+from recbole_gflowgr.compat import trusted_torch_load
 from recbole_gflowgr.config import Config
 from recbole_gflowgr.data import prepare_dataset
+from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.finetune import get_finetune_trainer
 from recbole_gflowgr.registry import OUR_MODELS, get_model, get_trainer
 from recbole_gflowgr.results import append_row, make_row
 
@@ -25,10 +30,67 @@ def prepare_data(config, logger=None):
     return dataset, data_preparation(config, dataset)
 
 
+FINETUNE_KEYS = ("finetune", "pretrained_checkpoint")
+FINETUNE_PREFIXES = ("finetune_", "gflowgr_", "dpo_", "sdpo_", "sprec_", "ipa_", "ppo_", "grpo_")
+FINETUNE_HEADS = ("gflow_heads.", "ppo_value_head.")  # state-dict prefixes of heads that fine-tuning adds
+
+
+def sft_checkpoint(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
+    """Path of the SFT checkpoint that fine-tuning starts from: ``<checkpoint_dir>/sft/<dataset>-<model>-<hash>.pth``,
+    keyed by every config key except the fine-tuning ones; trained now (its row appended) if not cached."""
+    from recbole_gflowgr.results import config_hash, plain_config
+
+    cmd_args = [a for a in cmd_args if not a.startswith("--finetune=")] + ["--finetune=sft"]
+    config = load_config(model, dataset, config_file_list, config_dict, cmd_args)
+    plain = {k: v for k, v in plain_config(config).items()
+             if k not in FINETUNE_KEYS and not k.startswith(FINETUNE_PREFIXES)}
+    path = os.path.join(config["checkpoint_dir"], "sft", f"{config['dataset']}-{config['model']}-{config_hash(plain)}.pth")
+    if not os.path.isfile(path):
+        row = run(model, dataset, config_file_list, config_dict, cmd_args)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        shutil.copyfile(row["checkpoint"], path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def load_pretrained(model, path, config):
+    """Load a backbone checkpoint into ``model``; only fine-tuning heads may be missing from it."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"pretrained_checkpoint={path} does not exist; give a checkpoint written by an SFT run "
+                          "(saved/...) or leave the key empty to train SFT first")
+    state = trusted_torch_load(path, map_location=config["device"])
+    other = state.get("config")
+    if other is not None and (other["model"], other["dataset"]) != (config["model"], config["dataset"]):
+        raise ConfigError(f"pretrained_checkpoint={path} is a {other['model']} model of dataset '{other['dataset']}', "
+                          f"not {config['model']} on '{config['dataset']}'; point it at a matching SFT checkpoint")
+    try:
+        missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+    except RuntimeError as e:
+        raise ConfigError(f"pretrained_checkpoint={path} does not fit this model's shape ({str(e).splitlines()[1].strip()}); "
+                          "use a checkpoint trained with the same backbone and tokenizer config") from None
+    missing = [k for k in missing if not k.startswith(FINETUNE_HEADS)]
+    if missing or unexpected:
+        raise ConfigError(f"pretrained_checkpoint={path} does not match this model (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}); use a checkpoint of the same model and config")
+
+
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=(), saved=True):
-    """Train ``model`` on ``dataset``, evaluate on valid/test, append a row under ``results_dir``; returns the row."""
+    """Train ``model`` on ``dataset``, evaluate on valid/test, append a row under ``results_dir``; returns the row.
+
+    For a generative model with ``finetune`` other than ``sft``, fine-tuning starts from ``pretrained_checkpoint``
+    or, if that is empty, from the cached SFT checkpoint of the same config (trained first if absent), and runs
+    ``finetune_epochs`` epochs at ``finetune_learning_rate``."""
     start = time.time()
     config = load_config(model, dataset, config_file_list, config_dict, cmd_args)
+    pretrained = None
+    if config["model"] in OUR_MODELS and config["finetune"] != "sft":
+        trainer_class = get_finetune_trainer(config["finetune"])  # unknown method: fail before any training
+        if hasattr(trainer_class, "check_config"):
+            trainer_class.check_config(config)
+        pretrained = config["pretrained_checkpoint"] or sft_checkpoint(
+            config["model"], config["dataset"], config_file_list, config_dict, cmd_args)
+        config["epochs"] = config["finetune_epochs"]
+        config["learning_rate"] = config["finetune_learning_rate"]
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -40,6 +102,9 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    if pretrained:
+        load_pretrained(model, pretrained, config)
+        logger.info(f"fine-tuning ({config['finetune']}) starts from {pretrained}")
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"], config)(config, model)
 
@@ -52,7 +117,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     finetune = config["finetune"] if config["model"] in OUR_MODELS else "none"
     row = make_row(config, finetune, best_valid_result, test_result, time.time() - start,
                    extra={"epochs": len(getattr(trainer, "epoch_times", [])), "epoch_s": trainer.mean_epoch_time(),
-                          "checkpoint": trainer.saved_model_file if saved else None})
+                          "checkpoint": trainer.saved_model_file if saved else None, "pretrained": pretrained})
     path = append_row(row, config["results_dir"])
     logger.info(f"result row appended to {path}")
     return row

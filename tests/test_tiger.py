@@ -1,0 +1,104 @@
+"""TIGER / LETTER as RecBole models: SFT, full-sort prediction from the beam, fine-tuning chain, clear errors."""
+import json
+import os
+
+import pytest
+import torch
+
+import run_recbole_gflowgr
+from gr_helpers import TINY_GR, patch_gr, with_args
+from recbole_gflowgr.model.beam_search import exhaustive_log_probs
+from recbole_gflowgr.quick_start import load_config, prepare_data
+from recbole_gflowgr.registry import get_model
+
+
+def rows(path="res/tiny.jsonl"):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def build(monkeypatch, *extra):
+    args = patch_gr(monkeypatch) + TINY_GR + list(extra)
+    config = load_config("TIGER", None, cmd_args=[a for a in args])
+    _, (train, valid, test) = prepare_data(config)
+    torch.manual_seed(0)
+    return config, get_model("TIGER")(config, train._dataset), train, test
+
+
+def test_full_sort_predict_is_the_beam_with_exact_log_probs(monkeypatch):
+    config, model, _, test = build(monkeypatch)
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        scores = model.full_sort_predict(batch)  # (B, n_items)
+        ids, mask = model.encoder_inputs(batch)
+        exact = exhaustive_log_probs(model.t5, ids, mask, model.trie)  # (B, n_items - 1)
+    assert scores.shape == (len(batch), model.n_items)
+    finite = torch.isfinite(scores)
+    assert not finite[:, 0].any() and (finite.sum(1) == config["beam_size"]).all()
+    torch.testing.assert_close(scores[:, 1:][finite[:, 1:]], exact[finite[:, 1:]], atol=1e-5, rtol=0)
+    best = exact.topk(config["beam_size"], dim=1).values  # the beam holds the exhaustive top-K here
+    torch.testing.assert_close(scores[:, 1:].sort(1, descending=True).values[:, :config["beam_size"]], best,
+                               atol=1e-5, rtol=0)
+
+
+def test_length_buckets_do_not_change_the_loss(monkeypatch):
+    _, model, train, _ = build(monkeypatch)
+    model.eval()
+    batch = next(iter(train))
+    with torch.no_grad():
+        model.length_buckets = 1
+        whole = model.calculate_loss(batch)
+        model.length_buckets = 4
+        bucketed = model.calculate_loss(batch)
+    torch.testing.assert_close(whole, bucketed, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["TIGER", "LETTER"])
+def test_one_epoch_sft_through_the_cli_writes_a_row(monkeypatch, capsys, model_name):
+    args = patch_gr(monkeypatch) + TINY_GR
+    assert run_recbole_gflowgr.main([f"--model={model_name}"] + args) == 0
+    (row,) = rows()
+    assert (row["model"], row["finetune"], row["epochs"]) == (model_name, "sft", 1)
+    assert set(row["test"]) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+    assert row["config"]["tokenizer"] == ("rqvae" if model_name == "TIGER" else "letter")
+
+
+@pytest.mark.parametrize("method", ["gflowgr-tb", "gflowgr-db", "gflowgr-subtb"])
+def test_gflowgr_chain_trains_sft_first_then_fine_tunes(monkeypatch, method):
+    args = patch_gr(monkeypatch) + TINY_GR
+    assert run_recbole_gflowgr.main(["--model=TIGER", f"--finetune={method}"] + args) == 0
+    sft, tuned = rows()
+    assert (sft["finetune"], tuned["finetune"]) == ("sft", method)
+    assert tuned["pretrained"].startswith(os.path.join("saved", "sft", "tiny-TIGER-"))
+    assert all(0 <= v <= 1 for v in tuned["test"].values())
+    # a second fine-tuning run with another lambda reuses the cached SFT checkpoint
+    assert run_recbole_gflowgr.main(["--model=TIGER", f"--finetune={method}", "--gflowgr_lambda=0.5"] + args) == 0
+    assert [r["finetune"] for r in rows()] == ["sft", method, method]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--beam_size=5"], "beam_size=5 is smaller than max(topk)=10"),
+    (["--finetune=nope"], "unknown fine-tuning method finetune='nope'"),
+    (["--finetune=gflowgr-tb", "--gflowgr_lambda=-1"], "gflowgr_lambda=-1"),
+    (["--finetune=gflowgr-tb", "--gflowgr_n_aug=-2"], "gflowgr_n_aug=-2"),
+    (["--finetune=gflowgr-tb", "--pretrained_checkpoint=missing.pth"], "pretrained_checkpoint=missing.pth does not exist"),
+])
+def test_bad_config_is_one_clear_error(monkeypatch, capsys, extra, message):
+    args = patch_gr(monkeypatch) + with_args(TINY_GR, extra)
+    assert run_recbole_gflowgr.main(["--model=TIGER"] + args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not os.path.exists("res")
+
+
+def test_pretrained_checkpoint_of_another_dataset_is_refused(monkeypatch, capsys):
+    args = patch_gr(monkeypatch) + TINY_GR
+    assert run_recbole_gflowgr.main(["--model=TIGER"] + args) == 0
+    ckpt = rows()[0]["checkpoint"]
+    state = torch.load(ckpt, weights_only=False)
+    state["config"]["dataset"] = "other"
+    torch.save(state, "other.pth")
+    assert run_recbole_gflowgr.main(["--model=TIGER", "--finetune=gflowgr-tb", "--pretrained_checkpoint=other.pth"]
+                                    + args) == 2
+    assert "dataset 'other'" in capsys.readouterr().err
