@@ -49,6 +49,7 @@ class TIGER(SequentialRecommender):
         self.temperature = float(config["loss_temperature"])
         self.length_buckets = max(1, int(config["length_buckets"]))
         self.user_buckets = int(config["user_id_buckets"] or 0)
+        self.pad_to = None  # benchmarks only: pad every history to this many items (the naive way)
 
         codes, level_sizes = self._semantic_ids(config, dataset)  # (n_items, L) per-level codes; row 0 unused
         offsets = N_SPECIAL + np.concatenate([[0], np.cumsum(level_sizes)[:-1]])
@@ -91,7 +92,7 @@ class TIGER(SequentialRecommender):
         item_seq, item_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         if rows is not None:
             item_seq, item_len = item_seq[rows], item_len[rows]
-        item_seq = item_seq[:, : int(item_len.max())]  # (B, S_items): RecBole left-aligns, pads with 0
+        item_seq = item_seq[:, : self.pad_to or int(item_len.max())]  # (B, S_items): left-aligned, 0-padded
         ids = self.item_tokens[item_seq].flatten(1)  # (B, S_items * L)
         if self.user_buckets:
             users = interaction[self.USER_ID] if rows is None else interaction[self.USER_ID][rows]
