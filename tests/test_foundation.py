@@ -168,3 +168,14 @@ def test_runner_end_to_end_writes_a_result_row(capsys):
     assert all(0.0 <= v <= 1.0 for v in row["test"].values())
     assert row["device"].startswith("cpu") and len(row["config_hash"]) == 12 and row["wall_s"] > 0
     assert os.path.isfile(row["checkpoint"]) and os.path.isdir("log")
+
+
+@pytest.mark.parametrize("model", ["GRU4Rec", "BERT4Rec"])
+def test_other_classic_models_run_through_the_same_entry_point(model):
+    src, _, _ = tiny_letter(n_users=60)
+    assert run_recbole_gflowgr.main([f"--model={model}", "--dataset=tiny", f"--source_path={src}", "--epochs=1",
+                                     "--show_progress=False", "--results_dir=res", "--hidden_size=16",
+                                     "--inner_size=32", "--embedding_size=16", "--train_batch_size=64"]) == 0
+    with open("res/tiny.jsonl") as f:
+        (row,) = [json.loads(line) for line in f]
+    assert (row["model"], row["finetune"]) == (model, "none") and "ndcg@10" in row["test"]
