@@ -1,0 +1,453 @@
+"""Fine-tuning baselines (DPO, S-DPO, SPRec, IPA, PPO, GRPO): formulas, steps on a toy problem (tiny T5 + trie of
+12 items, no RecBole), frozen references, config errors, and a 1-epoch run of each method through the CLI."""
+import glob
+import json
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from transformers import T5Config, T5ForConditionalGeneration
+
+from conftest import REPO
+from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.finetune.common import (
+    disable_dropout, pair_loss, policy_and_reference, preference_loss, sample_items, top_items, uniform_negatives,
+)
+from recbole_gflowgr.finetune.dpo import DPOTrainer
+from recbole_gflowgr.finetune.grpo import GRPOTrainer, group_advantages, k3_kl
+from recbole_gflowgr.finetune.ipa import IPATrainer
+from recbole_gflowgr.finetune.ppo import PPOTrainer, gae
+from recbole_gflowgr.finetune.sdpo import SDPOTrainer
+from recbole_gflowgr.finetune.sprec import SPRecTrainer
+from recbole_gflowgr.model.beam_search import SemanticIDTrie, constrained_beam_search, encode, exhaustive_log_probs
+from recbole_gflowgr.model.tiger import TIGER
+
+N_ITEMS = 12  # real items; RecBole ids 1..12, 0 = padding
+OFFSETS = np.array([2, 5, 7])  # token ranges of the 3 levels (sizes 3, 2, 2): vocabulary of 9 tokens
+FINETUNE_YAML = os.path.join(REPO, "recbole_gflowgr", "properties", "finetune")
+TRAINERS = {"dpo": DPOTrainer, "s-dpo": SDPOTrainer, "sprec": SPRecTrainer, "ipa": IPATrainer, "ppo": PPOTrainer,
+            "grpo": GRPOTrainer}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is faster than two on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def toy_codes(n):
+    return np.array([[i // 4 % 3, (i // 2) % 2, i % 2] for i in range(n)], dtype=np.int64)  # (n, 3), distinct
+
+
+class ToyGR(nn.Module):
+    """TIGER's interface (its own methods) on a tiny T5 and a 12-item trie, without RecBole."""
+
+    ITEM_SEQ, ITEM_SEQ_LEN, POS_ITEM_ID, USER_ID = "item_id_list", "item_length", "item_id", "user_id"
+    pad_to = None
+    encoder_inputs, target_tokens, token_logits = TIGER.encoder_inputs, TIGER.target_tokens, TIGER.token_logits
+    sft_loss, calculate_loss, length_groups = TIGER.sft_loss, TIGER.calculate_loss, TIGER.length_groups
+
+    def __init__(self, seed=0, dropout=0.0):
+        super().__init__()
+        tokens = torch.zeros(N_ITEMS + 1, 3, dtype=torch.long)
+        tokens[1:] = torch.as_tensor(toy_codes(N_ITEMS) + OFFSETS)
+        self.register_buffer("item_tokens", tokens, persistent=False)  # (n_items, L)
+        self.trie = SemanticIDTrie(tokens[1:])
+        torch.manual_seed(seed)
+        self.t5 = T5ForConditionalGeneration(T5Config(
+            vocab_size=9, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+            dropout_rate=dropout, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+        self.n_items, self.temperature, self.user_buckets, self.length_buckets = N_ITEMS + 1, 1.0, 0, 1
+
+
+def toy_batch(B=6, seed=0):
+    """A dict interaction: histories (B, 5) left-aligned and zero-padded, lengths (B,), next items (B,)."""
+    g = torch.Generator().manual_seed(seed)
+    perms = torch.stack([torch.randperm(N_ITEMS, generator=g)[:6] + 1 for _ in range(B)])  # (B, 6)
+    lens = torch.randint(1, 6, (B,), generator=g)
+    seq = perms[:, :5] * (torch.arange(5) < lens.unsqueeze(1))
+    return {"item_id_list": seq, "item_length": lens, "item_id": perms.gather(1, lens.unsqueeze(1)).squeeze(1)}
+
+
+class FakeScorer:
+    """Collaborative-model stand-in: user-independent scores in [0, 1], item i -> (i - 1) / (n - 2)."""
+
+    def __init__(self, n_items):
+        self.n_items = n_items
+        self.table = torch.cat([torch.zeros(1), torch.linspace(0, 1, n_items - 1)])  # (n_items,)
+
+    def score(self, item_seq, item_seq_len, candidates=None):
+        scores = self.table.to(item_seq.device).expand(item_seq.shape[0], -1).clone()  # (B, n_items)
+        return scores if candidates is None else scores.gather(1, candidates)
+
+
+def defaults(**overrides):
+    """Every fine-tuning yaml's defaults (the files config.py auto-loads), plus a seed and the overrides."""
+    config = {"seed": 0}
+    for path in sorted(glob.glob(os.path.join(FINETUNE_YAML, "*.yaml"))):
+        with open(path) as f:
+            config.update(yaml.safe_load(f))
+    config.update(overrides)
+    return config
+
+
+def bare(method, model, lr=0.01, **overrides):
+    """The method's trainer with its own check/attach/init code but without RecBole's Trainer.__init__."""
+    config = defaults(finetune=method, **overrides)
+    trainer = TRAINERS[method].__new__(TRAINERS[method])
+    trainer.config, trainer.model = config, model
+    trainer.prepare(config, model)
+    trainer.init_state(config, model, "cpu")
+    trainer.scorer = FakeScorer(model.n_items)
+    trainer.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    trainer.clip_grad_norm = None
+    return trainer
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(module, state):
+    return all(torch.equal(v, state[k]) for k, v in module.state_dict().items())
+
+
+def log_probs(model, batch, items):
+    """(B, M) policy log-probs of RecBole items (B, M), without gradient, eval mode."""
+    with torch.no_grad():
+        return policy_and_reference(model.eval(), model.t5, batch, items)[0]
+
+
+# ----- formulas ----------------------------------------------------------------------------------------------
+def test_preference_loss_is_dpo_for_one_negative_and_softmax_dpo_for_several():
+    g = torch.Generator().manual_seed(0)
+    c, r = torch.randn(5, generator=g), torch.randn(5, 3, generator=g)
+    dpo = -torch.nn.functional.logsigmoid(0.5 * (c - r[:, 0]))
+    assert torch.allclose(preference_loss(c, r[:, 0], 0.5), dpo)
+    sdpo = -torch.log(torch.sigmoid(-torch.log(torch.exp(0.5 * (r - c.unsqueeze(1))).sum(1))))
+    assert torch.allclose(preference_loss(c, r, 0.5), sdpo, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(2, 6), st.integers(0, 10_000))
+def test_group_advantages_have_zero_mean_per_group(B, G, seed):
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.randint(0, 3, (B, G), generator=g).float() * torch.rand(B, G, generator=g)  # ties and constant groups
+    adv = group_advantages(rewards)
+    assert torch.allclose(adv.mean(1), torch.zeros(B), atol=1e-5)
+    std = rewards.std(1, unbiased=False)
+    assert torch.allclose(adv.std(1, unbiased=False), std / (std + 1e-4), atol=1e-4)  # unit std up to the eps
+    assert torch.all(adv[std == 0] == 0)
+
+
+def test_k3_kl_is_nonnegative_and_zero_only_at_equality():
+    logp, ref = torch.randn(100), torch.randn(100)
+    assert torch.all(k3_kl(logp, ref) >= 0) and torch.all(k3_kl(logp, logp) == 0)
+
+
+def test_gae_matches_a_plain_loop():
+    g = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    adv, ret = gae(rewards, values, 0.9, 0.8)
+    for n in range(4):
+        for t in range(3):
+            want = 0.0
+            for k in range(t, 3):
+                nxt = values[n, k + 1] if k + 1 < 3 else 0.0
+                want += (0.9 * 0.8) ** (k - t) * (rewards[n, k] + 0.9 * nxt - values[n, k])
+            assert abs(float(adv[n, t]) - float(want)) < 1e-5
+    assert torch.allclose(ret, adv + values)
+
+
+def test_uniform_negatives_avoid_the_positive_the_history_and_padding():
+    batch = toy_batch(B=8)
+    seen = set()
+    for seed in range(20):
+        neg = uniform_negatives(batch["item_id_list"], batch["item_id"], N_ITEMS + 1, 3, torch.Generator().manual_seed(seed))
+        for b in range(8):
+            row = neg[b].tolist()
+            assert len(set(row)) == 3 and 0 not in row and batch["item_id"][b].item() not in row
+            assert not set(row) & set(batch["item_id_list"][b].tolist())
+        seen |= set(neg[0].tolist())
+    assert seen == set(range(1, N_ITEMS + 1)) - {batch["item_id"][0].item()} - set(batch["item_id_list"][0].tolist())
+
+
+# ----- rollouts ----------------------------------------------------------------------------------------------
+def test_sampler_follows_the_constrained_policy():
+    model = ToyGR(seed=1).eval()
+    batch = toy_batch(B=3)
+    ids, mask = model.encoder_inputs(batch)
+    items, steps = sample_items(model.t5, ids, mask, model.trie, 5, generator=torch.Generator().manual_seed(0))
+    assert items.shape == (3, 5) and steps.shape == (3, 5, 3) and items.min() >= 1 and items.max() <= N_ITEMS
+    with torch.no_grad():  # temperature 1: the sampler's step log-probs are the teacher-forced ones
+        want = policy_and_reference(model, model.t5, batch, items, steps=True)[0]
+    assert torch.allclose(steps, want, atol=1e-5)
+    # empirical frequencies of 4000 samples for one user vs the exact item distribution
+    one = {k: v[:1] for k, v in batch.items()}
+    ids, mask = model.encoder_inputs(one)
+    items, _ = sample_items(model.t5, ids, mask, model.trie, 4000, generator=torch.Generator().manual_seed(1))
+    freq = torch.bincount(items[0] - 1, minlength=N_ITEMS).float() / 4000
+    exact = exhaustive_log_probs(model.t5, ids, mask, model.trie)[0].exp()
+    assert torch.allclose(exact.sum(), torch.tensor(1.0), atol=1e-5)
+    assert 0.5 * (freq - exact).abs().sum() < 0.05
+    # a low temperature concentrates the samples on the most likely item
+    cold, _ = sample_items(model.t5, ids, mask, model.trie, 50, temperature=0.01, generator=torch.Generator().manual_seed(2))
+    assert (cold[0] == exact.argmax() + 1).float().mean() > 0.9
+
+
+def test_top_items_are_the_beams_without_the_excluded_item():
+    model = ToyGR(seed=2).eval()
+    batch = toy_batch(B=4)
+    ids, mask = model.encoder_inputs(batch)
+    beams = constrained_beam_search(model.t5, ids, mask, model.trie, 4)[0] + 1  # (B, 4)
+    exclude = beams[:, 1]
+    top = top_items(model.t5, ids, mask, model.trie, 3, exclude=exclude)
+    assert torch.equal(top, beams[:, [0, 2, 3]])
+
+
+# ----- preference methods on the toy problem -----------------------------------------------------------------
+def pairs_of(trainer, batch):
+    """(chosen (B',), rejected (B', K), rows) as the method draws them (generator reseeded: each call draws the same);
+    ``rows`` = the batch rows they belong to (None = all)."""
+    model = trainer.model
+    trainer.generator.manual_seed(0)
+    name = trainer.config["finetune"]
+    if name in ("dpo", "s-dpo"):
+        k = 1 if name == "dpo" else trainer.n_neg
+        return batch["item_id"], uniform_negatives(batch["item_id_list"], batch["item_id"], model.n_items, k,
+                                                   trainer.generator), None
+    if name == "sprec":
+        return batch["item_id"], trainer.self_play_negatives(batch), None
+    chosen, rejected, valid, reward = trainer.preference_pairs(batch)
+    assert torch.all(reward.gather(1, (reward.argmax(1, keepdim=True))).squeeze(1) == reward.max(1).values)
+    return chosen[valid], rejected[valid].unsqueeze(1), torch.nonzero(valid).squeeze(1)
+
+
+@pytest.mark.parametrize("method", ["dpo", "s-dpo", "sprec", "ipa"])
+def test_preference_methods_raise_chosen_over_rejected_with_a_frozen_reference(method):
+    model = ToyGR(seed=3)
+    batch = toy_batch(B=8, seed=1)
+    trainer = bare(method, model, lr=0.01, ipa_ntp_weight=0.0, sprec_sft_phase=False)
+    trainer.begin_epoch(None, 0)
+    if method == "sprec":
+        trainer.enter_phase("dpo")
+    ref, ref_state = trainer.ref_t5, snapshot(trainer.ref_t5)
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
+    assert all(p is not q for p, q in zip(ref.parameters(), model.t5.parameters()))
+    chosen, rejected, rows = pairs_of(trainer, batch)
+    ids, mask = model.encoder_inputs(batch)
+    if method == "sprec":  # rejected = the SFT model's top item other than the positive
+        beams = constrained_beam_search(model.t5, ids, mask, model.trie, 2)[0] + 1
+        assert torch.equal(rejected[:, 0], torch.where(beams[:, 0] == chosen, beams[:, 1], beams[:, 0]))
+    if method == "ipa":  # chosen / rejected = the beams the reward model scores best / worst (FakeScorer: by id)
+        beams = top_items(model.t5, ids, mask, model.trie, trainer.beams)[rows]
+        assert torch.equal(chosen, beams.max(1).values) and torch.equal(rejected[:, 0], beams.min(1).values)
+    items = torch.cat([chosen.unsqueeze(1), rejected], dim=1)  # (B', 1 + K)
+
+    def margin():  # policy log pi(chosen) - log pi(rejected), mean
+        with torch.no_grad():
+            lp = policy_and_reference(model.eval(), model.t5, batch, items, rows)[0]
+        return float((lp[:, :1] - lp[:, 1:]).mean())
+
+    def fixed_pair_loss():  # the (S-)DPO loss of the initial pairs
+        with torch.no_grad():
+            return float(pair_loss(model.eval(), ref, batch, chosen, rejected, trainer.beta, rows)[0].mean())
+
+    start_margin, start_loss = margin(), fixed_pair_loss()
+    losses = []
+    for step in range(12):
+        model.train()
+        trainer.generator.manual_seed(0)
+        parts = getattr(trainer, trainer.loss_name)(batch)
+        loss = sum(parts) if isinstance(parts, tuple) else parts
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.step()
+        losses.append(float(loss))
+        if step == 0:  # one preference step already raises the chosen item over the rejected one
+            assert margin() > start_margin
+    assert margin() > start_margin and fixed_pair_loss() < start_loss and losses[-1] < losses[0]
+    assert trainer.ref_t5 is ref and same(ref, ref_state)
+    assert set(trainer.stats) >= {"margin", "accuracy"} and trainer.n_recorded == 12
+
+
+def test_sprec_round_snapshot_and_reference():
+    model = ToyGR(seed=4)
+    trainer = bare("sprec", model)
+    first = trainer.ref_t5
+    trainer.begin_epoch(None, 0)
+    loader = trainer.wrap_data([toy_batch(B=4, seed=s) for s in range(2)])
+    assert len(loader) == 4
+    phases, batches = [], 0
+    for batch in loader:
+        sft, dpo = trainer.sprec_loss(batch)
+        phases.append(trainer.phase)
+        assert (float(dpo) == 0.0) if trainer.phase == "sft" else (float(sft) == 0.0)
+        (sft + dpo).backward()
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+        batches += 1
+    assert phases == ["sft", "sft", "dpo", "dpo"]
+    # the DPO reference is the model after the round's SFT pass; the snapshot is the round-start model
+    assert trainer.ref_t5 is not first and not any(p.requires_grad for p in trainer.ref_t5.parameters())
+    assert same(trainer.snapshot_t5, snapshot(first))
+
+
+# ----- policy-gradient methods -------------------------------------------------------------------------------
+def test_disable_dropout_makes_train_mode_deterministic():
+    model = ToyGR(seed=5, dropout=0.5)
+    batch, items = toy_batch(B=4), torch.arange(1, 4).expand(4, 3)
+    model.train()
+    with torch.no_grad():
+        assert not torch.allclose(policy_and_reference(model, model.t5, batch, items)[0],
+                                  policy_and_reference(model, model.t5, batch, items)[0])
+    disable_dropout(model)
+    model.train()
+    with torch.no_grad():
+        train = policy_and_reference(model, model.t5, batch, items)[0]
+    assert torch.allclose(train, log_probs(model, batch, items), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_policy_gradient_objective_decreases_on_a_fixed_rollout(method):
+    model = ToyGR(seed=5, dropout=0.1)  # the trainer removes dropout: before any update pi = pi_old = pi_ref
+    batch = toy_batch(B=6, seed=2)
+    trainer = bare(method, model, lr=0.003)
+    ref_state = snapshot(trainer.ref_t5)
+    model.train()
+    rollout = trainer.rollout(batch)
+    if method == "grpo":
+        assert torch.allclose(rollout["adv"].mean(1), torch.zeros(6), atol=1e-5)
+    first = trainer.objective(batch, rollout)
+    assert abs(rollout["kl"]) < 1e-5
+    losses = []
+    for _ in range(8):
+        parts = trainer.objective(batch, rollout)
+        losses.append([float(p) for p in parts])
+        trainer.optimizer.zero_grad()
+        sum(parts).backward()
+        trainer.optimizer.step()
+    assert abs(losses[0][0] - float(first[0])) < 1e-6  # pi_old = the first call's policy: ratio 1, no update yet
+    assert losses[-1][0] < losses[0][0]  # the clipped surrogate improves
+    if method == "ppo":
+        assert losses[-1][1] < losses[0][1]  # the value head fits the returns
+        assert any(k.startswith("ppo_value_head.") for k in model.state_dict())
+    assert same(trainer.ref_t5, ref_state)
+
+
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_policy_gradient_with_hit_reward_raises_the_positive(method):
+    model = ToyGR(seed=6)
+    batch = toy_batch(B=6, seed=3)
+    extra = {"ppo_reward": "hit", "ppo_samples": 8} if method == "ppo" else {"grpo_reward": "hit", "grpo_iterations": 2}
+    trainer = bare(method, model, lr=0.02, **extra)
+    ref_state = snapshot(trainer.ref_t5)
+    pos = batch["item_id"].unsqueeze(1)
+    before = log_probs(model, batch, pos).mean()
+    for _ in range(10):
+        model.train()
+        parts = getattr(trainer, trainer.loss_name)(batch)  # the first updates are taken inside (several per rollout)
+        sum(parts).backward()
+        trainer.optimizer.step()
+    assert log_probs(model, batch, pos).mean() > before + 0.1
+    assert same(trainer.ref_t5, ref_state) and set(trainer.stats) >= {"reward", "hit", "kl"}
+
+
+# ----- config errors -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method,key,value", [
+    ("dpo", "dpo_beta", 0), ("dpo", "dpo_beta", -1.0), ("s-dpo", "sdpo_beta", 0.0), ("s-dpo", "sdpo_n_neg", 0),
+    ("s-dpo", "sdpo_n_neg", 99), ("sprec", "sprec_beta", -0.1), ("sprec", "sprec_sft_phase", "yes"),
+    ("ipa", "ipa_beams", 1), ("ipa", "ipa_beams", 99), ("ipa", "ipa_dpo_ratio", 0.0), ("ipa", "ipa_lambda", -1),
+    ("ppo", "ppo_clip", 0), ("ppo", "ppo_gamma", 1.5), ("ppo", "ppo_lambda", -0.1), ("ppo", "ppo_epochs", 0),
+    ("ppo", "ppo_reward", "ndcg"), ("ppo", "ppo_temperature", 0), ("grpo", "grpo_group_size", 1),
+    ("grpo", "grpo_clip", -0.2), ("grpo", "grpo_beta", -1), ("grpo", "grpo_iterations", 1.5),
+])
+def test_impossible_hyperparameters_are_clear_errors(method, key, value):
+    with pytest.raises(ConfigError, match=f"^{key}=") as err:
+        bare(method, ToyGR(), **{key: value})
+    assert "\n" not in str(err.value)
+
+
+def test_every_yaml_key_is_commented_and_prefixed():
+    prefixes = {"dpo": "dpo_", "sdpo": "sdpo_", "sprec": "sprec_", "ipa": "ipa_", "ppo": "ppo_", "grpo": "grpo_"}
+    for name, prefix in prefixes.items():
+        with open(os.path.join(FINETUNE_YAML, f"{name}.yaml")) as f:
+            lines = [line for line in f if line.strip() and not line.startswith("#")]
+        assert lines and all(line.startswith(prefix) and "# (" in line for line in lines), name
+
+
+# ----- one epoch of each method through the CLI ------------------------------------------------------------
+def fake_semantic_ids(config, tokenizer):
+    with open(os.path.join(config["data_path"], f"{config['dataset']}.item"), encoding="utf-8") as f:
+        f.readline()
+        tokens = [line.split("\t")[0].strip() for line in f if line.strip()]
+    return types.SimpleNamespace(item_tokens=tokens, codes=toy_codes(len(tokens)), level_sizes=[3, 2, 2], path="fake")
+
+
+def fake_load_scorer(dataset, data_path="dataset", device="cpu", config_dict=None, recbole_dataset=None):
+    return FakeScorer(recbole_dataset.item_num)
+
+
+@pytest.mark.parametrize("method", ["dpo", "s-dpo", "sprec", "ipa", "ppo", "grpo"])
+def test_one_epoch_of_each_method_writes_a_result_row(method, monkeypatch, capsys):
+    import recbole_gflowgr.collaborative as collaborative
+    import recbole_gflowgr.model.tiger as tiger
+    from test_foundation import tiny_letter
+
+    sys.path.insert(0, REPO)
+    import run_recbole_gflowgr
+
+    monkeypatch.setattr(tiger, "fetch_semantic_ids", fake_semantic_ids)
+    monkeypatch.setattr(collaborative, "load_scorer", fake_load_scorer)
+    src, _, _ = tiny_letter()
+    args = ["--model=TIGER", "--dataset=tiny", f"--source_path={src}", f"--finetune={method}",
+            f"--config_files={os.path.join(REPO, 'properties', 'small.yaml')}", "--epochs=1", "--finetune_epochs=1",
+            "--d_model=16", "--d_kv=8", "--num_heads=2", "--d_ff=32", "--num_encoder_layers=1",
+            "--num_decoder_layers=1", "--train_batch_size=64", "--eval_batch_size=64", "--show_progress=False",
+            "--results_dir=res", "--grpo_group_size=4", "--ipa_beams=4"]
+    assert run_recbole_gflowgr.main(args) == 0
+    with open("res/tiny.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["finetune"] for r in rows] == ["sft", method]  # SFT trained (and cached) first, then fine-tuned
+    row = rows[-1]
+    assert row["epochs"] == 1 and row["pretrained"] and os.path.isfile(row["pretrained"])
+    assert all(0.0 <= v <= 1.0 for v in row["test"].values())
+    assert "sft" not in row["checkpoint"] and os.path.isfile(row["checkpoint"])
+    state = torch.load(row["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert any(k.startswith("ppo_value_head.") for k in state) == (method == "ppo")
+
+
+def test_validated_values_do_not_shadow_recbole_trainer_attributes():
+    import inspect
+    import re
+
+    from recbole.trainer import trainer as recbole_trainer
+
+    source = inspect.getsource(recbole_trainer.Trainer) + inspect.getsource(recbole_trainer.AbstractTrainer)
+    taken = set(re.findall(r"self\.(\w+)\s*=", source)) | set(dir(recbole_trainer.Trainer))
+    for method, cls in TRAINERS.items():
+        assert not set(cls.check_config(defaults(finetune=method))) & taken, method
+
+
+def test_impossible_hyperparameter_fails_before_any_training(capsys):
+    from test_foundation import tiny_letter
+
+    sys.path.insert(0, REPO)
+    import run_recbole_gflowgr
+
+    src, _, _ = tiny_letter()
+    code = run_recbole_gflowgr.main(["--model=TIGER", "--dataset=tiny", f"--source_path={src}", "--finetune=grpo",
+                                     "--grpo_group_size=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: grpo_group_size=1 must be an integer >= 2") and "\n" not in err
+    assert not os.path.exists("saved")  # no SFT was trained
