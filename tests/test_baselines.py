@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -26,12 +25,13 @@ from recbole_gflowgr.finetune.ipa import IPATrainer
 from recbole_gflowgr.finetune.ppo import PPOTrainer, gae
 from recbole_gflowgr.finetune.sdpo import SDPOTrainer
 from recbole_gflowgr.finetune.sprec import SPRecTrainer
-from recbole_gflowgr.model.beam_search import SemanticIDTrie, constrained_beam_search, encode, exhaustive_log_probs
+from recbole_gflowgr.model.beam_search import SemanticIDTrie, constrained_beam_search, exhaustive_log_probs
 from recbole_gflowgr.model.tiger import TIGER
 
 N_ITEMS = 12  # real items; RecBole ids 1..12, 0 = padding
 OFFSETS = np.array([2, 5, 7])  # token ranges of the 3 levels (sizes 3, 2, 2): vocabulary of 9 tokens
 FINETUNE_YAML = os.path.join(REPO, "recbole_gflowgr", "properties", "finetune")
+sys.path.insert(0, REPO)  # run_recbole_gflowgr.py
 TRAINERS = {"dpo": DPOTrainer, "s-dpo": SDPOTrainer, "sprec": SPRecTrainer, "ipa": IPATrainer, "ppo": PPOTrainer,
             "grpo": GRPOTrainer}
 
@@ -387,34 +387,14 @@ def test_every_yaml_key_is_commented_and_prefixed():
 
 
 # ----- one epoch of each method through the CLI ------------------------------------------------------------
-def fake_semantic_ids(config, tokenizer):
-    with open(os.path.join(config["data_path"], f"{config['dataset']}.item"), encoding="utf-8") as f:
-        f.readline()
-        tokens = [line.split("\t")[0].strip() for line in f if line.strip()]
-    return types.SimpleNamespace(item_tokens=tokens, codes=toy_codes(len(tokens)), level_sizes=[3, 2, 2], path="fake")
-
-
-def fake_load_scorer(dataset, data_path="dataset", device="cpu", config_dict=None, recbole_dataset=None):
-    return FakeScorer(recbole_dataset.item_num)
-
-
 @pytest.mark.parametrize("method", ["dpo", "s-dpo", "sprec", "ipa", "ppo", "grpo"])
-def test_one_epoch_of_each_method_writes_a_result_row(method, monkeypatch, capsys):
-    import recbole_gflowgr.collaborative as collaborative
-    import recbole_gflowgr.model.tiger as tiger
-    from test_foundation import tiny_letter
+def test_one_epoch_of_each_method_writes_a_result_row(method, monkeypatch):
+    from gr_helpers import TINY_GR, patch_gr
 
-    sys.path.insert(0, REPO)
     import run_recbole_gflowgr
 
-    monkeypatch.setattr(tiger, "fetch_semantic_ids", fake_semantic_ids)
-    monkeypatch.setattr(collaborative, "load_scorer", fake_load_scorer)
-    src, _, _ = tiny_letter()
-    args = ["--model=TIGER", "--dataset=tiny", f"--source_path={src}", f"--finetune={method}",
-            f"--config_files={os.path.join(REPO, 'properties', 'small.yaml')}", "--epochs=1", "--finetune_epochs=1",
-            "--d_model=16", "--d_kv=8", "--num_heads=2", "--d_ff=32", "--num_encoder_layers=1",
-            "--num_decoder_layers=1", "--train_batch_size=64", "--eval_batch_size=64", "--show_progress=False",
-            "--results_dir=res", "--grpo_group_size=4", "--ipa_beams=4"]
+    args = ["--model=TIGER", f"--finetune={method}", f"--config_files={os.path.join(REPO, 'properties', 'small.yaml')}",
+            "--grpo_group_size=4", "--ipa_beams=4"] + patch_gr(monkeypatch) + TINY_GR
     assert run_recbole_gflowgr.main(args) == 0
     with open("res/tiny.jsonl") as f:
         rows = [json.loads(line) for line in f]
@@ -425,6 +405,19 @@ def test_one_epoch_of_each_method_writes_a_result_row(method, monkeypatch, capsy
     assert "sft" not in row["checkpoint"] and os.path.isfile(row["checkpoint"])
     state = torch.load(row["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     assert any(k.startswith("ppo_value_head.") for k in state) == (method == "ppo")
+
+
+def test_impossible_hyperparameter_fails_before_any_training(capsys):
+    from test_foundation import tiny_letter
+
+    import run_recbole_gflowgr
+
+    src, _, _ = tiny_letter()
+    code = run_recbole_gflowgr.main(["--model=TIGER", "--dataset=tiny", f"--source_path={src}", "--finetune=grpo",
+                                     "--grpo_group_size=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: grpo_group_size=1 must be an integer >= 2") and "\n" not in err
+    assert not os.path.exists("saved")  # no SFT was trained
 
 
 def test_validated_values_do_not_shadow_recbole_trainer_attributes():
@@ -438,16 +431,3 @@ def test_validated_values_do_not_shadow_recbole_trainer_attributes():
     for method, cls in TRAINERS.items():
         assert not set(cls.check_config(defaults(finetune=method))) & taken, method
 
-
-def test_impossible_hyperparameter_fails_before_any_training(capsys):
-    from test_foundation import tiny_letter
-
-    sys.path.insert(0, REPO)
-    import run_recbole_gflowgr
-
-    src, _, _ = tiny_letter()
-    code = run_recbole_gflowgr.main(["--model=TIGER", "--dataset=tiny", f"--source_path={src}", "--finetune=grpo",
-                                     "--grpo_group_size=1"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: grpo_group_size=1 must be an integer >= 2") and "\n" not in err
-    assert not os.path.exists("saved")  # no SFT was trained

@@ -236,7 +236,8 @@ class BaselineTrainer(GRTrainer):
     ``attach`` (before RecBole builds the optimiser, so they are trained and checkpointed).
 
     At construction (after the SFT weights are loaded) the T5 is deep-copied into ``self.ref_t5``: frozen, eval
-    mode, never updated. Per-epoch means of the ``stats`` recorded by the loss are logged."""
+    mode, never updated (IPA and SPRec may swap in a fresh frozen copy per epoch: ``ipa_ref_update``,
+    ``sprec_ref_update``). Per-epoch means of the ``stats`` recorded by the loss are logged."""
 
     loss_name = None
 
