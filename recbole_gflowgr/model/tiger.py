@@ -58,7 +58,7 @@ class TIGER(SequentialRecommender):
         self.register_buffer("item_tokens", tokens, persistent=False)  # (n_items, L)
         self.code_len = tokens.shape[1]
         self.user_offset = N_SPECIAL + int(sum(level_sizes))
-        self.trie = SemanticIDTrie(tokens[1:])  # trie item i <-> RecBole item id i + 1
+        self._trie = SemanticIDTrie(tokens[1:])  # trie item i <-> RecBole item id i + 1
 
         t5 = T5Config(
             vocab_size=self.user_offset + self.user_buckets, d_model=config["d_model"], d_kv=config["d_kv"],
@@ -69,8 +69,15 @@ class TIGER(SequentialRecommender):
             relative_attention_num_buckets=config["relative_attention_num_buckets"],
         )
         self.t5 = T5ForConditionalGeneration(t5)
-        getLogger().info(f"{type(self).__name__}: {len(self.trie)} items, IDs of {self.code_len} tokens, "
+        getLogger().info(f"{type(self).__name__}: {len(self._trie)} items, IDs of {self.code_len} tokens, "
                          f"vocabulary {t5.vocab_size}")
+
+    @property
+    def trie(self):
+        """The prefix trie, on the model's device (it is no nn.Module, so ``model.to(device)`` cannot move it)."""
+        if self._trie.device != self.item_tokens.device:
+            self._trie.to(self.item_tokens.device)
+        return self._trie
 
     # ----- semantic IDs -----------------------------------------------------------------------------------------
     def _semantic_ids(self, config, dataset):
