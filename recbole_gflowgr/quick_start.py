@@ -35,21 +35,22 @@ FINETUNE_PREFIXES = ("finetune_", "gflowgr_", "dpo_", "sdpo_", "sprec_", "ipa_",
 FINETUNE_HEADS = ("gflow_heads.", "ppo_value_head.")  # state-dict prefixes of heads that fine-tuning adds
 
 
-def sft_checkpoint(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
-    """Path of the SFT checkpoint that fine-tuning starts from: ``<checkpoint_dir>/sft/<dataset>-<model>-<hash>.pth``,
-    keyed by every config key except the fine-tuning ones; trained now (its row appended) if not cached."""
+def sft_cache_path(config):
+    """``<checkpoint_dir>/sft/<dataset>-<model>-<hash>.pth``: the hash covers every config key except the
+    fine-tuning ones, so every fine-tuning run of the same backbone config shares one SFT checkpoint."""
     from recbole_gflowgr.results import config_hash, plain_config
 
-    cmd_args = [a for a in cmd_args if not a.startswith("--finetune=")] + ["--finetune=sft"]
-    config = load_config(model, dataset, config_file_list, config_dict, cmd_args)
     plain = {k: v for k, v in plain_config(config).items()
              if k not in FINETUNE_KEYS and not k.startswith(FINETUNE_PREFIXES)}
-    path = os.path.join(config["checkpoint_dir"], "sft", f"{config['dataset']}-{config['model']}-{config_hash(plain)}.pth")
+    return os.path.join(config["checkpoint_dir"], "sft", f"{config['dataset']}-{config['model']}-{config_hash(plain)}.pth")
+
+
+def sft_checkpoint(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
+    """Path of the SFT checkpoint that fine-tuning starts from; trained now (its row appended) if not cached."""
+    cmd_args = [a for a in cmd_args if not a.startswith("--finetune=")] + ["--finetune=sft"]
+    path = sft_cache_path(load_config(model, dataset, config_file_list, config_dict, cmd_args))
     if not os.path.isfile(path):
-        row = run(model, dataset, config_file_list, config_dict, cmd_args)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        shutil.copyfile(row["checkpoint"], path + ".tmp")
-        os.replace(path + ".tmp", path)
+        run(model, dataset, config_file_list, config_dict, cmd_args)  # caches its checkpoint at ``path``
     return path
 
 
@@ -118,6 +119,12 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     row = make_row(config, finetune, best_valid_result, test_result, time.time() - start,
                    extra={"epochs": len(getattr(trainer, "epoch_times", [])), "epoch_s": trainer.mean_epoch_time(),
                           "checkpoint": trainer.saved_model_file if saved else None, "pretrained": pretrained})
+    if saved and config["model"] in OUR_MODELS and config["finetune"] == "sft":
+        cache = sft_cache_path(config)
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        shutil.copyfile(trainer.saved_model_file, cache + ".tmp")
+        os.replace(cache + ".tmp", cache)
+        row["sft_cache"] = cache
     path = append_row(row, config["results_dir"])
     logger.info(f"result row appended to {path}")
     return row

@@ -29,8 +29,12 @@ def fetch_semantic_ids(config, tokenizer):
     """The dataset's semantic IDs from ``tokenizer`` (built on first use, then cached; see tokenizer/)."""
     from recbole_gflowgr.tokenizer import get_semantic_ids
 
+    overrides = dict(config["tokenizer_args"] or {})
+    for key in ("source_path", "source_prefix"):  # where the dataset's source is, for the tokenizer's own check
+        if config[key]:
+            overrides.setdefault(key, config[key])
     return get_semantic_ids(config["dataset"], tokenizer, data_path=os.path.dirname(os.path.normpath(config["data_path"])),
-                            overrides=config["tokenizer_args"], device="cpu", logger=getLogger())
+                            overrides=overrides, device="cpu", logger=getLogger(), show_progress=config["show_progress"])
 
 
 class TIGER(SequentialRecommender):
