@@ -1,0 +1,142 @@
+"""Leaderboard: result rows (results/*.jsonl) → the paper's Table 1 layout, as markdown and CSV.
+
+    python -m recbole_gflowgr.leaderboard [--results_dir=results] [--out=RESULTS.md] [--csv=results/leaderboard.csv]
+
+One line per (dataset, model, fine-tuning method, config hash): test Recall@5/10 and NDCG@5/10 as mean ± std over
+seeds, the seeds, mean wall time, device and commits. ``*`` marks a fine-tuning method whose metric beats the best
+other method of the same backbone and dataset in a paired t-test over common seeds with p < 0.05 (needs >= 2 common
+seeds). The seed paper's reported numbers (``PAPER``) are shown in separate, labelled lines.
+"""
+import argparse
+import collections
+import csv
+import os
+
+import numpy as np
+
+from recbole_gflowgr.results import METRIC_KEYS, read_rows
+
+# GFlowGR paper (arXiv 2506.16114) Table 1, Beauty / Yelp, as quoted in this project's issues: R@5, R@10, N@5, N@10
+PAPER = {
+    ("amazon-beauty", "TIGER", "sft"): (.0354, .0558, .0234, .0299),
+    ("amazon-beauty", "LETTER", "sft"): (.0344, .0540, .0227, .0290),
+    ("amazon-beauty", "TIGER", "gflowgr-tb"): (.0407, .0651, .0266, .0344),
+    ("amazon-beauty", "LETTER", "gflowgr-tb"): (.0417, .0632, .0276, .0345),
+    ("yelp", "TIGER", "gflowgr-tb"): (.0256, .0404, .0166, .0213),
+    ("amazon-beauty", "TIGER", "ppo"): (.0020, .0032, .0013, .0017),
+    ("amazon-beauty", "TIGER", "grpo"): (.0347, .0543, .0229, .0291),
+    ("amazon-beauty", "TIGER", "dpo"): (.0308, .0483, .0200, .0256),
+    ("amazon-beauty", "TIGER", "s-dpo"): (.0314, .0492, .0208, .0265),
+    ("amazon-beauty", "TIGER", "sprec"): (.0312, .0487, .0205, .0258),
+    ("amazon-beauty", "TIGER", "ipa"): (.0306, .0481, .0198, .0245),
+}
+COLUMNS = ("R@5", "R@10", "N@5", "N@10")
+
+
+def group_rows(rows):
+    """{(dataset, model, finetune, config_hash): {seed: row}} (a later row of the same seed replaces an earlier)."""
+    groups = collections.OrderedDict()
+    for row in rows:
+        key = (row["dataset"], row["model"], row["finetune"], row.get("config_hash", ""))
+        groups.setdefault(key, {})[row["seed"]] = row
+    return groups
+
+
+def paired_p(a, b):
+    """Two-sided paired t-test p-value of a vs b (same seeds); None with < 2 pairs or zero variance."""
+    from scipy import stats
+
+    if len(a) < 2:
+        return None
+    diff = np.asarray(a) - np.asarray(b)
+    if np.allclose(diff, diff[0]):
+        return 0.0 if diff[0] != 0 else None
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+def summarise(rows):
+    """One dict per group: keys dataset, model, finetune, config_hash, seeds, mean/std per metric, marks, wall_s..."""
+    groups = group_rows(rows)
+    lines = []
+    for (dataset, model, finetune, chash), by_seed in groups.items():
+        seeds = sorted(by_seed)
+        line = {"dataset": dataset, "model": model, "finetune": finetune, "config_hash": chash, "seeds": seeds,
+                "wall_s": float(np.mean([by_seed[s]["wall_s"] for s in seeds])),
+                "device": sorted({by_seed[s]["device"] for s in seeds}),
+                "commit": sorted({by_seed[s]["commit"] for s in seeds}), "by_seed": by_seed, "mark": {}}
+        for metric in METRIC_KEYS:
+            values = [by_seed[s]["test"].get(metric, np.nan) for s in seeds]
+            line[metric] = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+        lines.append(line)
+    for line in lines:  # significance against the best other method of the same backbone and dataset
+        if line["finetune"] == "none":
+            continue
+        rivals = [o for o in lines if o is not line and o["finetune"] not in ("none", line["finetune"])
+                  and (o["dataset"], o["model"]) == (line["dataset"], line["model"])]
+        for metric in METRIC_KEYS:
+            if not rivals:
+                break
+            best = max(rivals, key=lambda o: o[metric][0])
+            common = [s for s in line["seeds"] if s in best["by_seed"]]
+            p = paired_p([line["by_seed"][s]["test"][metric] for s in common],
+                         [best["by_seed"][s]["test"][metric] for s in common])
+            line["mark"][metric] = bool(p is not None and p < 0.05 and line[metric][0] > best[metric][0])
+    return lines
+
+
+def markdown(lines, paper=True):
+    out = ["| dataset | model | method | " + " | ".join(COLUMNS) + " | seeds | wall s | device | commit |",
+           "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|"]
+    for line in sorted(lines, key=lambda x: (x["dataset"], x["model"], x["finetune"] != "none", x["finetune"])):
+        cells = []
+        for metric in METRIC_KEYS:
+            mean, std = line[metric]
+            cell = f"{mean:.4f} ± {std:.4f}" if len(line["seeds"]) > 1 else f"{mean:.4f}"
+            cells.append(cell + ("*" if line["mark"].get(metric) else ""))
+        out.append(f"| {line['dataset']} | {line['model']} | {line['finetune']} | " + " | ".join(cells) +
+                   f" | {','.join(map(str, line['seeds']))} | {line['wall_s']:.0f} | {'; '.join(line['device'])} | "
+                   f"{', '.join(line['commit'])} |")
+    if paper:
+        seen = {(x["dataset"], x["model"], x["finetune"]) for x in lines}
+        for (dataset, model, finetune), values in PAPER.items():
+            if dataset in {x["dataset"] for x in lines} or (dataset, model, finetune) in seen:
+                out.append(f"| {dataset} | {model} | {finetune} (paper, reported) | " +
+                           " | ".join(f"{v:.4f}" for v in values) + " | — | — | — | — |")
+    return "\n".join(out)
+
+
+def write_csv(lines, path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "model", "finetune", "config_hash", "seeds"] +
+                        [f"{m}_{s}" for m in METRIC_KEYS for s in ("mean", "std", "significant")] + ["wall_s"])
+        for line in lines:
+            writer.writerow([line["dataset"], line["model"], line["finetune"], line["config_hash"],
+                             " ".join(map(str, line["seeds"]))] +
+                            [v for m in METRIC_KEYS for v in (*line[m], line["mark"].get(m, False))] +
+                            [round(line["wall_s"], 1)])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results_dir", default="results")
+    parser.add_argument("--out", default=None, help="write the markdown here (default: print it)")
+    parser.add_argument("--csv", default=None, help="also write the table as CSV")
+    args = parser.parse_args(argv)
+    lines = summarise(read_rows(args.results_dir))
+    text = markdown(lines)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("# Results\n\nGenerated by `python -m recbole_gflowgr.leaderboard` from `results/*.jsonl` "
+                    "(test split, mean ± std over seeds; `*`: paired t-test p < 0.05 against the best other "
+                    "fine-tuning method of the same backbone and dataset). Paper lines are the GFlowGR paper's "
+                    "reported numbers, not ours.\n\n" + text + "\n")
+    else:
+        print(text)
+    if args.csv:
+        write_csv(lines, args.csv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Leaderboard aggregation on hand-made rows."""
+import json
+import os
+
+import pytest
+
+from recbole_gflowgr import leaderboard
+
+
+def row(model, finetune, seed, ndcg10, dataset="d", chash="h"):
+    test = {"recall@5": 0.1, "recall@10": 0.2, "ndcg@5": 0.05, "ndcg@10": ndcg10}
+    return {"model": model, "finetune": finetune, "dataset": dataset, "seed": seed, "test": test, "valid": test,
+            "wall_s": 10.0, "device": "cpu", "commit": "abc", "config_hash": chash}
+
+
+ROWS = [row("TIGER", "sft", 42, 0.10), row("TIGER", "sft", 43, 0.11), row("TIGER", "sft", 44, 0.12),
+        row("TIGER", "gflowgr-tb", 42, 0.20), row("TIGER", "gflowgr-tb", 43, 0.22), row("TIGER", "gflowgr-tb", 44, 0.23),
+        row("TIGER", "dpo", 42, 0.105), row("SASRec", "none", 42, 0.3)]
+
+
+def test_means_std_and_significance():
+    lines = {(x["model"], x["finetune"]): x for x in leaderboard.summarise(ROWS)}
+    mean, std = lines[("TIGER", "sft")]["ndcg@10"]
+    assert mean == pytest.approx(0.11) and std == pytest.approx(0.01)
+    assert lines[("TIGER", "gflowgr-tb")]["mark"]["ndcg@10"] is True  # beats sft on every seed, p < 0.05
+    assert lines[("TIGER", "sft")]["mark"]["ndcg@10"] is False  # below gflowgr
+    assert lines[("TIGER", "dpo")]["mark"]["ndcg@10"] is False  # one seed only: no test
+    assert lines[("TIGER", "gflowgr-tb")]["mark"]["recall@5"] is False  # equal values are no improvement
+    assert lines[("SASRec", "none")]["mark"] == {}
+
+
+def test_markdown_marks_and_paper_lines_are_labelled():
+    text = leaderboard.markdown(leaderboard.summarise(ROWS + [row("TIGER", "sft", 42, 0.1, dataset="amazon-beauty")]))
+    gfn = next(l for l in text.splitlines() if "| gflowgr-tb |" in l)
+    assert "0.2167 ± 0.0153*" in gfn and "42,43,44" in gfn
+    assert "| amazon-beauty | TIGER | sft (paper, reported) | 0.0354 | 0.0558 | 0.0234 | 0.0299 |" in text
+    assert "| d | TIGER | dpo | 0.1000 | 0.2000 | 0.0500 | 0.1050 | 42 |" in text  # a single seed: no ± shown
+
+
+def test_later_row_of_a_seed_replaces_earlier_and_cli_writes_files(tmp_path):
+    os.makedirs("results")
+    with open("results/d.jsonl", "w") as f:
+        for r in ROWS + [row("TIGER", "dpo", 42, 0.5)]:
+            f.write(json.dumps(r) + "\n")
+    leaderboard.main(["--out=RESULTS.md", "--csv=results/leaderboard.csv"])
+    text = open("RESULTS.md").read()
+    assert "| d | TIGER | dpo | 0.1000 | 0.2000 | 0.0500 | 0.5000 | 42 |" in text
+    assert len(open("results/leaderboard.csv").read().strip().splitlines()) == 1 + 4
