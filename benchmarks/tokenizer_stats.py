@@ -1,0 +1,140 @@
+"""Semantic-ID statistics of our tokenizers (rqvae = TIGER's RQ-VAE, letter = LETTER) and of the IDs LETTER published.
+
+    python benchmarks/tokenizer_stats.py                      # amazon-beauty and yelp, rqvae and letter, seed 42
+    python benchmarks/tokenizer_stats.py --datasets yelp --tokenizers rqvae
+
+Writes one row per dataset x tokenizer (+ "letter-published", from ../shared/data/<dataset>/<Prefix>.index.json) to
+results/tokenizer_stats.jsonl (rows of other dataset/tokenizer pairs already there are kept) and the markdown table
+of all rows to results/tokenizer_stats.md. IDs are computed by ``get_semantic_ids`` (or read from its cache, with the
+times of the run that computed them); wall_s = text embedding time (when first computed) + tokenizer training time,
+without LETTER's SASRec training (cf_s).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from recbole_gflowgr.data import prepare_dataset  # noqa: E402
+from recbole_gflowgr.data.registry import require_dataset_spec  # noqa: E402
+from recbole_gflowgr.results import device_name, git_commit  # noqa: E402
+from recbole_gflowgr.tokenizer import code_stats, get_semantic_ids, parse_index_json  # noqa: E402
+
+RESULTS = os.path.join(REPO, "results")
+ORDER = {"rqvae": 0, "letter": 1, "letter-published": 2}
+
+
+def our_row(dataset, tokenizer, args):
+    ids = get_semantic_ids(dataset, tokenizer, args.data_path, {"seed": args.seed}, args.device)
+    s = ids.stats
+    semantic = s["levels"][:-1]
+    return {"dataset": dataset, "tokenizer": tokenizer, "n_items": s["n_items"], "levels": len(semantic),
+            "collision_rate": s["collision_rate"], "collision_rate_nearest_code": s.get("collision_rate_nearest_code"),
+            "unique_ids_before": s["unique_ids_before"], "unique_ids": s["unique_ids"],
+            "max_collision_group": s["max_collision_group"], "code_usage": [lv["usage"] for lv in semantic],
+            "codes_used": [lv["used"] for lv in semantic], "perplexity": [lv["perplexity"] for lv in semantic],
+            "seed": s["seed"], "device": device_name(args.device), "epochs": s["epochs"],
+            "batch_size": s["batch_size"], "encode_s": s.get("encode_s"), "train_s": s["train_s"],
+            "cf_s": s.get("cf_s"), "wall_s": round((s.get("encode_s") or 0) + s["train_s"], 1),
+            "note": s["note"], "commit": git_commit(), "path": os.path.relpath(ids.path, REPO)}
+
+
+def published_row(dataset, source_path=None):
+    spec = require_dataset_spec(dataset, source_path)
+    path = os.path.join(spec.default_source, f"{spec.prefix}.index.json")
+    if not os.path.isfile(path):
+        return None
+    items, codes = parse_index_json(path)
+    st = code_stats(codes, [256] * codes.shape[1])  # LETTER's codebooks: 256 codes per level
+    groups = {}
+    for row in map(tuple, codes.tolist()):
+        groups[row] = groups.get(row, 0) + 1
+    return {"dataset": dataset, "tokenizer": "letter-published", "n_items": len(items), "levels": codes.shape[1],
+            "collision_rate": st["collision_rate"], "collision_rate_nearest_code": None,
+            "unique_ids_before": st["unique_ids"], "unique_ids": st["unique_ids"],
+            "max_collision_group": max(groups.values()), "code_usage": [lv["usage"] for lv in st["levels"]],
+            "codes_used": [lv["used"] for lv in st["levels"]],
+            "perplexity": [lv["perplexity"] for lv in st["levels"]], "seed": None, "device": None, "epochs": None,
+            "batch_size": None, "encode_s": None, "train_s": None, "cf_s": None, "wall_s": None,
+            "note": f"IDs published with LETTER ({os.path.basename(path)}), as is (no disambiguation)",
+            "commit": git_commit(), "path": os.path.relpath(path, REPO)}
+
+
+def markdown(rows):
+    head = ("| dataset | tokenizer | items | levels | collision rate (before disamb.) | unique IDs (before) "
+            "| max group | codes used / level | perplexity / level | wall s (embed + train) | epochs |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f} ({r['encode_s'] or 0:.0f} + {r['train_s']:.0f})"
+        lines.append(f"| {r['dataset']} | {r['tokenizer']} | {r['n_items']} | {r['levels']} "
+                     f"| {r['collision_rate']:.2%} | {r['unique_ids_before']} | {r['max_collision_group']} "
+                     f"| {' / '.join(map(str, r['codes_used']))} | {' / '.join(f'{p:.0f}' for p in r['perplexity'])} "
+                     f"| {wall} | {r['epochs'] or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(rows):
+    """Lines saying whether our LETTER IDs have no worse code usage / collisions than the published ones."""
+    out = []
+    by = {(r["dataset"], r["tokenizer"]): r for r in rows}
+    for (dataset, tok), pub in by.items():
+        ours = by.get((dataset, "letter"))
+        if tok != "letter-published" or ours is None:
+            continue
+        usage = all(a >= b for a, b in zip(ours["codes_used"], pub["codes_used"]))
+        coll = ours["collision_rate"] <= pub["collision_rate"]
+        out.append(f"{dataset}: letter vs published: codes used per level {ours['codes_used']} vs "
+                   f"{pub['codes_used']} ({'not worse' if usage else 'WORSE'}), collision rate "
+                   f"{ours['collision_rate']:.3%} vs {pub['collision_rate']:.3%} ({'not worse' if coll else 'WORSE'})")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["amazon-beauty", "yelp"])
+    parser.add_argument("--tokenizers", nargs="*", default=["rqvae", "letter"])
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data_path", default=os.path.join(REPO, "dataset"))
+    parser.add_argument("--results", default=os.path.join(RESULTS, "tokenizer_stats.jsonl"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    rows = {}
+    if os.path.isfile(args.results):
+        with open(args.results) as f:
+            rows = {(r["dataset"], r["tokenizer"]): r for r in map(json.loads, filter(str.strip, f))}
+    pending = []
+    for dataset in args.datasets:
+        prepare_dataset(dataset, os.path.join(args.data_path, dataset))
+        for tokenizer in args.tokenizers:
+            start = time.time()
+            try:
+                rows[(dataset, tokenizer)] = our_row(dataset, tokenizer, args)
+            except ImportError as e:  # recbole_gflowgr.collaborative (SASRec embeddings) not there yet
+                pending.append(f"{dataset} {tokenizer}: pending ({e})")
+                continue
+            logging.info(f"{dataset} {tokenizer}: done in {time.time() - start:.0f} s")
+        pub = published_row(dataset)
+        if pub is not None:
+            rows[(dataset, "letter-published")] = pub
+    ordered = sorted(rows.values(), key=lambda r: (r["dataset"], ORDER.get(r["tokenizer"], 9)))
+    os.makedirs(os.path.dirname(args.results), exist_ok=True)
+    tmp = args.results + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in ordered)
+    os.replace(tmp, args.results)
+    table = markdown(ordered)
+    with open(os.path.splitext(args.results)[0] + ".md", "w") as f:
+        f.write(table)
+    print(table)
+    for line in compare(ordered) + pending:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""RQ-VAE item tokenizer of TIGER (Rajput et al., 2023), trained with torch on item text embeddings.
+
+Encoder MLP -> ``e_dim`` latent z -> residual quantisation with ``len(num_emb_list)`` codebooks -> decoder MLP.
+Loss = reconstruction (MSE) + ``quant_loss_weight`` * mean over levels of (||sg[r_l] - e_l||^2 +
+``commitment_weight`` * ||r_l - sg[e_l]||^2), with a straight-through estimator from z_q to z.
+Codebooks start from k-means of the (residual) latents of all items, each centroid then moved onto its nearest
+item (so every initial code vector is a real residual); codes no item used during an epoch are re-initialised to
+random residuals of that epoch's last batch. :class:`RQVAETrainer` has hooks the LETTER trainer extends.
+"""
+import time
+from logging import getLogger
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (none after the last), Xavier-normal weights as in TIGER/LETTER."""
+
+    def __init__(self, dims, dropout=0.0):
+        super().__init__()
+        mods = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            mods += [nn.Dropout(dropout), nn.Linear(d_in, d_out)]
+            if i < len(dims) - 2:
+                mods.append(nn.ReLU())
+        self.net = nn.Sequential(*mods)
+        for m in self.net:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def sq_dist(x, c):
+    """(N, K) squared Euclidean distances between rows of x (N, d) and c (K, d)."""
+    return (x.pow(2).sum(1, keepdim=True) + c.pow(2).sum(1)[None, :] - 2 * x @ c.t()).clamp(min=0)
+
+
+@torch.no_grad()
+def kmeans(x, k, iters=100, generator=None, snap=True):
+    """(k, d) centres of x (N, d): k-means++ seeding from data points, Lloyd iterations (an empty cluster is re-seeded
+    with the point farthest from its centre), then, if ``snap``, every centre moved onto its nearest distinct point."""
+    x = x.detach().float().cpu()
+    n = x.shape[0]
+    xx = x.pow(2).sum(1)  # (N,)
+
+    def dist(c):  # (N, k)
+        return (xx[:, None] + c.pow(2).sum(1)[None, :] - 2 * x @ c.t()).clamp(min=0)
+
+    chosen = [int(torch.randint(n, (1,), generator=generator))]
+    d2 = dist(x[chosen[0]][None]).squeeze(1)  # (N,) distance to the nearest chosen seed
+    for _ in range(1, k):
+        total = d2.sum()
+        probs = d2 / total if total > 0 else torch.full_like(d2, 1.0 / n)
+        chosen.append(int(torch.multinomial(probs, 1, generator=generator)))
+        d2 = torch.minimum(d2, dist(x[chosen[-1]][None]).squeeze(1))
+    c = x[chosen].clone()  # (k, d)
+    for _ in range(iters):
+        dd = dist(c)  # (N, k)
+        assign = dd.argmin(1)  # (N,)
+        onehot = F.one_hot(assign, k).float()  # (N, k)
+        counts = onehot.sum(0)  # (k,)
+        new = torch.where(counts[:, None] > 0, (onehot.t() @ x) / counts.clamp(min=1)[:, None], c)
+        empty = (counts == 0).nonzero().flatten()
+        if len(empty):
+            far = dd.gather(1, assign[:, None]).squeeze(1).argsort(descending=True, stable=True)[:len(empty)]
+            new[empty[:len(far)]] = x[far]
+        if torch.equal(new, c):
+            break
+        c = new
+    if snap:
+        dd = dist(c).t()  # (k, N)
+        used = torch.zeros(n, dtype=torch.bool)
+        for j in range(k):
+            i = int((dd[j].masked_fill(used, float("inf")) if j < n else dd[j]).argmin())
+            used[i] = True
+            c[j] = x[i]
+    return c
+
+
+@torch.no_grad()
+def sinkhorn(cost, epsilon, iters=50):
+    """Balanced soft assignment Q (B, K) of B points to K codes for ``cost`` (B, K): rows sum to 1, columns to B/K.
+    Costs are rescaled to [-1, 1] first (as LETTER does); the iterations run in the log domain."""
+    cost = cost.float()
+    mid = (cost.max() + cost.min()) / 2
+    amp = (cost.max() - mid).clamp(min=1e-5)
+    log_q = -((cost - mid) / amp) / epsilon  # (B, K)
+    b, k = log_q.shape
+    for _ in range(iters):
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) + float(np.log(b / k))  # each code gets B/K
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)  # each point sums to 1
+    return log_q.exp()
+
+
+class ResidualQuantizer(nn.Module):
+    def __init__(self, num_emb_list, e_dim):
+        super().__init__()
+        self.codebooks = nn.ParameterList([nn.Parameter(torch.zeros(k, e_dim)) for k in num_emb_list])
+
+    def forward(self, z, sk_epsilons=None, sk_iters=50):
+        """z (B, d) -> (z_q straight-through (B, d), codes (B, L), code vectors [(B, d)] * L, residuals [(B, d)] * L).
+        Level l uses Sinkhorn (balanced) assignment where ``sk_epsilons[l] > 0``, nearest code otherwise."""
+        residual, codes, vecs, residuals = z, [], [], []
+        for level, book in enumerate(self.codebooks):
+            residuals.append(residual)
+            dist = sq_dist(residual.detach(), book.detach())  # (B, K)
+            eps = sk_epsilons[level] if sk_epsilons else 0.0
+            idx = sinkhorn(dist, eps, sk_iters).argmax(1) if eps > 0 else dist.argmin(1)  # (B,)
+            e = book[idx]  # (B, d)
+            codes.append(idx)
+            vecs.append(e)
+            residual = residual - e
+        z_q = z + (sum(vecs) - z).detach()
+        return z_q, torch.stack(codes, 1), vecs, residuals
+
+
+class RQVAE(nn.Module):
+    def __init__(self, in_dim, layers, e_dim, num_emb_list, dropout=0.0):
+        super().__init__()
+        self.encoder = MLP([in_dim] + list(layers) + [e_dim], dropout)
+        self.decoder = MLP([e_dim] + list(layers)[::-1] + [in_dim], dropout)
+        self.rq = ResidualQuantizer(num_emb_list, e_dim)
+
+    def forward(self, x, sk_epsilons=None, sk_iters=50):
+        z = self.encoder(x)  # (B, e_dim)
+        z_q, codes, vecs, residuals = self.rq(z, sk_epsilons, sk_iters)
+        return self.decoder(z_q), z_q, codes, vecs, residuals
+
+
+class RQVAETrainer:
+    """Trains an :class:`RQVAE` on ``emb`` (n, D) with config ``cfg`` (see properties/tokenizer/rqvae.yaml)."""
+
+    def __init__(self, emb, cfg, seed=42, device="cpu", logger=None):
+        self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
+        self.logger = logger or getLogger()
+        torch.manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.x = torch.as_tensor(np.asarray(emb, dtype=np.float32), device=self.device)  # (n, D)
+        self.model = RQVAE(self.x.shape[1], cfg["layers"], cfg["e_dim"], cfg["num_emb_list"],
+                           cfg["dropout"]).to(self.device)
+        self.sk_epsilons = list(cfg.get("sk_epsilons") or [0.0] * len(cfg["num_emb_list"]))
+        self.init_codes = None  # the codebooks right after k-means init (for tests / stats)
+        self.history = []
+
+    def _optimizer(self):
+        params, lr, wd = self.parameters(), self.cfg["lr"], self.cfg["weight_decay"]
+        name = self.cfg["optimizer"].lower()
+        table = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+                 "sgd": torch.optim.SGD}
+        return table[name](params, lr=lr, weight_decay=wd)
+
+    def parameters(self):
+        return list(self.model.parameters())
+
+    @torch.no_grad()
+    def latents(self):
+        self.model.eval()
+        return torch.cat([self.model.encoder(xb) for xb in self.x.split(8192)])  # (n, e_dim)
+
+    @torch.no_grad()
+    def kmeans_init(self):
+        """Codebook of level l = k-means of the level-l residuals of all items (each code a real residual)."""
+        residual = self.latents()
+        for book in self.model.rq.codebooks:
+            if self.cfg["kmeans_init"]:
+                book.data.copy_(kmeans(residual, book.shape[0], self.cfg["kmeans_iters"], self.gen))
+            else:
+                book.data.uniform_(-1.0 / book.shape[0], 1.0 / book.shape[0], generator=self.gen)
+            residual = residual - book[sq_dist(residual, book).argmin(1)]
+        self.init_codes = [b.detach().clone().cpu() for b in self.model.rq.codebooks]
+
+    # --- hooks for LETTER ---
+    def on_epoch_start(self, epoch):
+        pass
+
+    def extra_loss(self, idx, z_q, codes, vecs):
+        """Additional loss terms {name: tensor} for the batch of item indices ``idx`` (B,)."""
+        return {}
+
+    def train_sk_epsilons(self):
+        return self.sk_epsilons
+
+    def step_losses(self, idx):
+        xb = self.x[idx]  # (B, D)
+        x_hat, z_q, codes, vecs, residuals = self.model(xb, self.train_sk_epsilons(), self.cfg["sk_iters"])
+        recon = F.mse_loss(x_hat, xb) if self.cfg["loss_type"] == "mse" else F.l1_loss(x_hat, xb)
+        quant = torch.stack([F.mse_loss(e, r.detach()) + self.cfg["commitment_weight"] * F.mse_loss(r, e.detach())
+                             for e, r in zip(vecs, residuals)]).mean()
+        losses = {"recon": recon, "quant": self.cfg["quant_loss_weight"] * quant}
+        losses.update(self.extra_loss(idx, z_q, codes, vecs))
+        return losses, codes, residuals
+
+    @torch.no_grad()
+    def reinit_dead_codes(self, usage, residuals):
+        """Codes unused during the epoch -> random residuals of the last batch at their level."""
+        n_dead = 0
+        for level, book in enumerate(self.model.rq.codebooks):
+            dead = (usage[level] == 0).nonzero().flatten()
+            if len(dead):
+                res = residuals[level].detach()
+                pick = torch.randint(res.shape[0], (len(dead),), generator=self.gen).to(res.device)
+                book.data[dead] = res[pick]
+                n_dead += len(dead)
+        return n_dead
+
+    def fit(self):
+        cfg, n = self.cfg, self.x.shape[0]
+        start = time.time()
+        self.kmeans_init()
+        opt = self._optimizer()
+        epochs, bs = cfg["epochs"], min(cfg["batch_size"], n)
+        self.logger.info(f"{type(self).__name__}: {n} items, {epochs} epochs, batch {bs}, "
+                         f"{sum(p.numel() for p in self.parameters())} parameters")
+        for epoch in range(epochs):
+            self.model.train()
+            self.on_epoch_start(epoch)
+            usage = [torch.zeros(b.shape[0], device=self.device) for b in self.model.rq.codebooks]
+            totals = {}
+            for idx in torch.randperm(n, generator=self.gen).to(self.device).split(bs):
+                losses, codes, residuals = self.step_losses(idx)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"RQ-VAE loss is {loss.item()} at epoch {epoch}; lower lr")
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                for level in range(codes.shape[1]):
+                    usage[level] += torch.bincount(codes[:, level], minlength=usage[level].shape[0])
+                for k, v in losses.items():
+                    totals[k] = totals.get(k, 0.0) + v.item() * len(idx) / n
+            dead = self.reinit_dead_codes(usage, residuals) if cfg["dead_code_reinit"] and epoch < epochs - 1 else 0
+            last = epoch == epochs - 1
+            if last or (cfg["log_every"] and (epoch + 1) % cfg["log_every"] == 0):
+                codes = self.codes()
+                coll = 1 - len(set(map(tuple, codes.tolist()))) / n
+                row = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in totals.items()}, "dead_reinit": dead,
+                       "collision_rate": round(coll, 5), "s": round(time.time() - start, 1)}
+                self.history.append(row)
+                self.logger.info(" ".join(f"{k}={v}" for k, v in row.items()))
+        return self
+
+    @torch.no_grad()
+    def codes(self, sk_epsilons=None, idx=None):
+        """(n, L) int64 codes of all items (or of ``idx``): nearest code per level, Sinkhorn where eps > 0."""
+        self.model.eval()
+        x = self.x if idx is None else self.x[idx]
+        out = [self.model.rq(self.model.encoder(xb), sk_epsilons, self.cfg["sk_iters"])[1] for xb in x.split(8192)]
+        return torch.cat(out).cpu().numpy().astype(np.int64)
+
+
+def train_rqvae(emb, cfg, seed=42, device="cpu", logger=None):
+    """(codes (n, L) int64 before disambiguation, trainer) of a TIGER RQ-VAE trained on ``emb`` (n, D)."""
+    trainer = RQVAETrainer(emb, cfg, seed, device, logger).fit()
+    return trainer.codes(), trainer

