@@ -9,7 +9,8 @@ install:
 	$(PIP) install -q -e ".[test]"
 
 demo: install
-	$(PYTHON) run_recbole_gflowgr.py --model=SASRec --dataset=ml-100k --config_files=properties/demo.yaml
+	$(PYTHON) run_recbole_gflowgr.py --model=TIGER --dataset=ml-100k \
+		--config_files="properties/gflowgr.yaml properties/small.yaml properties/demo.yaml"
 
 test: install
 	$(PYTHON) -m pytest -q tests

