@@ -8,9 +8,11 @@
   normalised (best item of the catalog 1, worst 0; padding item 0 is never scored above 0).
 * :func:`sasrec_item_embeddings` exports the trained item embedding table for LETTER's collaborative regulariser.
 """
+import contextlib
 import json
 import os
 import shutil
+import time
 from logging import getLogger
 
 import numpy as np
@@ -37,14 +39,66 @@ def cache_path(config):
     return os.path.join(folder, f"{config['dataset']}-SASRec-{config_hash(plain_config(config))}.pth")
 
 
-def train_or_load(dataset, data_path="dataset", config_dict=None):
-    """Path of the trained CM checkpoint for ``dataset`` (trained now if not cached)."""
-    from recbole_gflowgr.quick_start import run
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
+
+@contextlib.contextmanager
+def training_lock(path, poll_s=10.0):
+    """One process trains a given cache entry; others wait for it (``<path>.lock`` holds the trainer's pid; a lock
+    whose process is gone is taken over)."""
+    lock = path + ".lock"
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    announced = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _pid_alive(pid):
+                if not announced:
+                    getLogger().info(f"waiting for process {pid}, which is training {path}")
+                    announced = True
+                time.sleep(poll_s)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock)
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+
+
+def train_or_load(dataset, data_path="dataset", config_dict=None):
+    """Path of the trained CM checkpoint for ``dataset`` (trained now if not cached; concurrent callers wait for
+    the one that trains)."""
     config = _cm_config(dataset, data_path, config_dict)
     path = cache_path(config)
     if os.path.isfile(path):
         return path
+    with training_lock(path):
+        if not os.path.isfile(path):  # another process may have finished it while we waited
+            _train(dataset, data_path, config_dict, path)
+    return path
+
+
+def _train(dataset, data_path, config_dict, path):
+    from recbole_gflowgr.quick_start import run
+
     overrides = {"data_path": data_path, "show_progress": False}
     overrides.update(config_dict or {})
     row = run("SASRec", dataset, config_file_list=[CM_CONFIG], config_dict=overrides)
@@ -55,7 +109,6 @@ def train_or_load(dataset, data_path="dataset", config_dict=None):
     with open(path[:-4] + ".json", "w") as f:
         json.dump({k: row[k] for k in ("valid", "test", "wall_s", "device", "commit", "config_hash")}, f, indent=1)
     getLogger().info(f"collaborative model cached at {path}")
-    return path
 
 
 class CollaborativeScorer:
