@@ -18,6 +18,18 @@ def _in_tmp_dir(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Every model in the tests is tiny: one intra-op thread is faster than two, and on a busy 2-core machine
+    OpenMP's waiting threads made small matmuls ~30x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_dataset(name):
     """Path of a real dataset under ../shared/data, or skip the test with the reason."""
     path = os.path.join(SHARED_DATA, name)

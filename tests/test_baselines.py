@@ -36,14 +36,6 @@ TRAINERS = {"dpo": DPOTrainer, "s-dpo": SDPOTrainer, "sprec": SPRecTrainer, "ipa
             "grpo": GRPOTrainer}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than two on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def toy_codes(n):
     return np.array([[i // 4 % 3, (i // 2) % 2, i % 2] for i in range(n)], dtype=np.int64)  # (n, 3), distinct

@@ -19,14 +19,6 @@ MAX_LEVEL = 6  # hypothesis tries use levels of at most 6 codes, 4 levels at mos
 PROP_VOCAB = 2 + 4 * MAX_LEVEL
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add wake-up latency (seconds per test on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_model(vocab, layers=1, seed=0):
     torch.manual_seed(seed)

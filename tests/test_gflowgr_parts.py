@@ -13,14 +13,6 @@ from recbole_gflowgr.finetune.gflowgr import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ----------------------------------------------------------------------------------------------------------
 # toy 2-level tree: 3 first tokens x 3 second tokens = 9 leaves, tabular policy over prefixes
