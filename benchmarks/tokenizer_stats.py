@@ -16,12 +16,14 @@ import os
 import sys
 import time
 
+import torch
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from recbole_gflowgr.data import prepare_dataset  # noqa: E402
 from recbole_gflowgr.data.registry import require_dataset_spec  # noqa: E402
-from recbole_gflowgr.results import device_name, git_commit  # noqa: E402
+from recbole_gflowgr.results import git_commit  # noqa: E402
 from recbole_gflowgr.tokenizer import code_stats, get_semantic_ids, parse_index_json  # noqa: E402
 
 RESULTS = os.path.join(REPO, "results")
@@ -37,9 +39,10 @@ def our_row(dataset, tokenizer, args):
             "unique_ids_before": s["unique_ids_before"], "unique_ids": s["unique_ids"],
             "max_collision_group": s["max_collision_group"], "code_usage": [lv["usage"] for lv in semantic],
             "codes_used": [lv["used"] for lv in semantic], "perplexity": [lv["perplexity"] for lv in semantic],
-            "seed": s["seed"], "device": device_name(args.device), "epochs": s["epochs"],
+            "seed": s["seed"], "device": args.device, "epochs": s["epochs"],
             "batch_size": s["batch_size"], "encode_s": s.get("encode_s"), "train_s": s["train_s"],
             "cf_s": s.get("cf_s"), "wall_s": round((s.get("encode_s") or 0) + s["train_s"], 1),
+            "load_avg": s.get("load_avg"), "threads": s.get("threads"),
             "note": s["note"], "commit": git_commit(), "path": os.path.relpath(ids.path, REPO)}
 
 
@@ -99,9 +102,12 @@ def main(argv=None):
     parser.add_argument("--tokenizers", nargs="*", default=["rqvae", "letter"])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for everything (text encoder, "
+                        "LETTER's SASRec); the tokenizers train with their cpu_threads key (default 1)")
     parser.add_argument("--data_path", default=os.path.join(REPO, "dataset"))
     parser.add_argument("--results", default=os.path.join(RESULTS, "tokenizer_stats.jsonl"))
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     rows = {}
     if os.path.isfile(args.results):

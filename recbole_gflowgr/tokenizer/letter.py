@@ -93,12 +93,14 @@ class LetterTrainer(RQVAETrainer):
         eps = self.sk_epsilons[-1] if self.sk_epsilons[-1] > 0 else 0.003
         _, _, _, residuals = self.model.rq(self.latents())  # nearest codes: the same prefixes as ``codes``
         last, book = residuals[-1].cpu(), self.model.rq.codebooks[-1].detach().cpu()  # (n, d), (K, d)
-        codes = codes.copy()
+        codes, done = codes.copy(), set()
         for _ in range(self.cfg["collision_sk_rounds"]):
-            groups = collision_groups(codes)
+            # a group seen before would get the same (deterministic) answer again: only new groups are re-assigned
+            groups = [g for g in collision_groups(codes) if tuple(g) not in done]
             if not groups:
                 break
             for group in groups:
+                done.add(tuple(group))
                 q = sinkhorn(sq_dist(last[group], book), eps, self.cfg["sk_iters"])  # (g, K)
                 codes[group, -1] = q.argmax(1).numpy()
         return codes

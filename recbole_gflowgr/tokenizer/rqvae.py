@@ -85,17 +85,19 @@ def kmeans(x, k, iters=100, generator=None, snap=True):
 
 @torch.no_grad()
 def sinkhorn(cost, epsilon, iters=50):
-    """Balanced soft assignment Q (B, K) of B points to K codes for ``cost`` (B, K): rows sum to 1, columns to B/K.
-    Costs are rescaled to [-1, 1] first (as LETTER does); the iterations run in the log domain."""
-    cost = cost.float()
+    """Balanced soft assignment Q (B, K) of B points to K codes for ``cost`` (B, K): rows sum to 1, columns to about
+    B/K. As in LETTER, costs are rescaled to [-1, 1] and the iterations run on exp(-cost / epsilon) in float64 (each
+    row shifted so that its best code has weight 1: exponents >= -2/epsilon, no overflow, underflow only < 1e-290)."""
+    cost = cost.double()
     mid = (cost.max() + cost.min()) / 2
     amp = (cost.max() - mid).clamp(min=1e-5)
-    log_q = -((cost - mid) / amp) / epsilon  # (B, K)
-    b, k = log_q.shape
+    logits = -((cost - mid) / amp) / epsilon  # (B, K)
+    q = torch.exp(logits - logits.max(1, keepdim=True).values)  # (B, K)
+    b, k = q.shape
     for _ in range(iters):
-        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) + float(np.log(b / k))  # each code gets B/K
-        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)  # each point sums to 1
-    return log_q.exp()
+        q = q / q.sum(0, keepdim=True).clamp(min=1e-300) * (b / k)  # each code gets B/K
+        q = q / q.sum(1, keepdim=True).clamp(min=1e-300)  # each point sums to 1
+    return q
 
 
 class ResidualQuantizer(nn.Module):

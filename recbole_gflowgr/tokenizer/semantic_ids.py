@@ -7,6 +7,7 @@ the tokenizer config (yaml + overrides), the seed and the item texts + encoder, 
 new folder. Items whose codes coincide get an extra last token 0, 1, 2, ... (in ``<dataset>.item`` order) so that
 item <-> ID is a bijection.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ TOKENIZERS = ("rqvae", "letter")
 PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
 DATASET_PROPERTIES = os.path.join(REPO_ROOT, "properties", "datasets")
 # keys that change how a run is shown or where data comes from, not the IDs: left out of the folder's hash
-VOLATILE_KEYS = {"log_every", "embed_batch_size", "source_path", "source_prefix"}
+VOLATILE_KEYS = {"log_every", "embed_batch_size", "source_path", "source_prefix", "cpu_threads"}
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -159,6 +160,20 @@ def _collaborative(dataset, data_path, device, item_tokens, cf_embeddings, logge
     return np.asarray(emb, dtype=np.float32)[[row[t] for t in item_tokens]]
 
 
+@contextlib.contextmanager
+def _cpu_threads(n, device):
+    """torch uses ``n`` CPU threads inside (0 or a non-CPU device: unchanged), the caller's setting after."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n and torch.device(device).type == "cpu":
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
 def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="cpu", logger=None,
                          cf_embeddings=None, show_progress=True):
     """Train the tokenizer and return (SemanticIDs without path, stats dict)."""
@@ -167,7 +182,7 @@ def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="c
 
     logger = logger or getLogger()
     seed = cfg.get("seed", 42)
-    start = time.time()
+    start, load_start = time.time(), os.getloadavg()[0]
     key = texts_key(load_item_texts(data_path, dataset, cfg["text_fields"]), encoder_id(cfg["text_encoder"]))
     emb_path = cache_path(data_path, dataset, key)
     cached = os.path.isfile(emb_path)
@@ -177,19 +192,20 @@ def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="c
     encode_s = cached_encode_seconds(emb_path)  # what computing the embeddings took (now or when cached)
     t0 = time.time()
     extra = {}
-    if tokenizer == "rqvae":
-        from recbole_gflowgr.tokenizer.rqvae import train_rqvae
-
-        codes, trainer = train_rqvae(emb, cfg, seed, device, logger)
-    else:
-        from recbole_gflowgr.tokenizer.letter import train_letter
-
+    if tokenizer == "letter":
         cf = _collaborative(dataset, data_path, device, items, cf_embeddings, logger)
-        cf_s = time.time() - t0
+        extra = {"cf_dim": int(cf.shape[1]), "cf_s": round(time.time() - t0, 1)}
         t0 = time.time()
-        codes, raw, trainer = train_letter(emb, cf, cfg, seed, device, logger)
-        extra = {"collision_rate_nearest_code": code_stats(raw, cfg["num_emb_list"])["collision_rate"],
-                 "cf_dim": int(cf.shape[1]), "cf_s": round(cf_s, 1)}
+    with _cpu_threads(cfg.get("cpu_threads", 0), device) as threads:
+        if tokenizer == "rqvae":
+            from recbole_gflowgr.tokenizer.rqvae import train_rqvae
+
+            codes, trainer = train_rqvae(emb, cfg, seed, device, logger)
+        else:
+            from recbole_gflowgr.tokenizer.letter import train_letter
+
+            codes, raw, trainer = train_letter(emb, cf, cfg, seed, device, logger)
+            extra["collision_rate_nearest_code"] = code_stats(raw, cfg["num_emb_list"])["collision_rate"]
     train_s = time.time() - t0
     before = code_stats(codes, cfg["num_emb_list"])
     full, max_group = disambiguate(codes)
@@ -203,6 +219,8 @@ def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="c
              "batch_size": cfg["batch_size"], "embed_s": round(embed_s, 1), "train_s": round(train_s, 1),
              "wall_s": round(time.time() - start, 1), "embeddings_cached": cached,
              "encode_s": None if encode_s is None else round(encode_s, 1),
+             "load_avg": [round(load_start, 1), round(os.getloadavg()[0], 1)], "cpu_count": os.cpu_count(),
+             "threads": threads,
              "note": f"epochs={cfg['epochs']} (papers: 20000 on GPU) to fit the CPU time budget",
              "history": trainer.history}
     logger.info(f"{tokenizer} IDs of {dataset}: collision rate {before['collision_rate']:.4%} before "
