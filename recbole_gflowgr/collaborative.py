@@ -10,6 +10,7 @@
 """
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -101,7 +102,16 @@ def _train(dataset, data_path, config_dict, path):
 
     overrides = {"data_path": data_path, "show_progress": False}
     overrides.update(config_dict or {})
-    row = run("SASRec", dataset, config_file_list=[CM_CONFIG], config_dict=overrides)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        row = run("SASRec", dataset, config_file_list=[CM_CONFIG], config_dict=overrides)
+    finally:  # run() points the logger at the CM's own log file: give the caller's run its log back
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     shutil.copyfile(row["checkpoint"], tmp)
