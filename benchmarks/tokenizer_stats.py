@@ -39,7 +39,7 @@ def our_row(dataset, tokenizer, args):
             "unique_ids_before": s["unique_ids_before"], "unique_ids": s["unique_ids"],
             "max_collision_group": s["max_collision_group"], "code_usage": [lv["usage"] for lv in semantic],
             "codes_used": [lv["used"] for lv in semantic], "perplexity": [lv["perplexity"] for lv in semantic],
-            "seed": s["seed"], "device": args.device, "epochs": s["epochs"],
+            "seed": s["seed"], "device": args.device, "epochs": s["epochs"], "best_epoch": s.get("best_epoch"),
             "batch_size": s["batch_size"], "encode_s": s.get("encode_s"), "train_s": s["train_s"],
             "cf_s": s.get("cf_s"), "wall_s": round((s.get("encode_s") or 0) + s["train_s"], 1),
             "load_avg": s.get("load_avg"), "threads": s.get("threads"),
@@ -61,7 +61,7 @@ def published_row(dataset, source_path=None):
             "unique_ids_before": st["unique_ids"], "unique_ids": st["unique_ids"],
             "max_collision_group": max(groups.values()), "code_usage": [lv["usage"] for lv in st["levels"]],
             "codes_used": [lv["used"] for lv in st["levels"]],
-            "perplexity": [lv["perplexity"] for lv in st["levels"]], "seed": None, "device": None, "epochs": None,
+            "perplexity": [lv["perplexity"] for lv in st["levels"]], "seed": None, "device": None, "epochs": None, "best_epoch": None,
             "batch_size": None, "encode_s": None, "train_s": None, "cf_s": None, "wall_s": None,
             "note": f"IDs published with LETTER ({os.path.basename(path)}), as is (no disambiguation)",
             "commit": git_commit(), "path": os.path.relpath(path, REPO)}
@@ -69,14 +69,15 @@ def published_row(dataset, source_path=None):
 
 def markdown(rows):
     head = ("| dataset | tokenizer | items | levels | collision rate (before disamb.) | unique IDs (before) "
-            "| max group | codes used / level | perplexity / level | wall s (embed + train) | epochs |")
+            "| max group | codes used / level | perplexity / level | wall s (embed + train) | epochs (kept) |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
+        epochs = "-" if r["epochs"] is None else f"{r['epochs']} ({r.get('best_epoch') or r['epochs']})"
         wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f} ({r['encode_s'] or 0:.0f} + {r['train_s']:.0f})"
         lines.append(f"| {r['dataset']} | {r['tokenizer']} | {r['n_items']} | {r['levels']} "
                      f"| {r['collision_rate']:.2%} | {r['unique_ids_before']} | {r['max_collision_group']} "
                      f"| {' / '.join(map(str, r['codes_used']))} | {' / '.join(f'{p:.0f}' for p in r['perplexity'])} "
-                     f"| {wall} | {r['epochs'] or '-'} |")
+                     f"| {wall} | {epochs} |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +95,18 @@ def compare(rows):
                    f"{pub['codes_used']} ({'not worse' if usage else 'WORSE'}), collision rate "
                    f"{ours['collision_rate']:.3%} vs {pub['collision_rate']:.3%} ({'not worse' if coll else 'WORSE'})")
     return out
+
+
+def write(rows, path):
+    """Rows sorted by dataset and tokenizer -> ``path`` (jsonl) and the markdown table -> ``<path>.md``."""
+    ordered = sorted(rows.values(), key=lambda r: (r["dataset"], ORDER.get(r["tokenizer"], 9)))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for target, text in ((path, "".join(json.dumps(r) + "\n" for r in ordered)),
+                         (os.path.splitext(path)[0] + ".md", markdown(ordered))):
+        with open(target + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(target + ".tmp", target)
+    return markdown(ordered)
 
 
 def main(argv=None):
@@ -116,6 +129,9 @@ def main(argv=None):
     pending = []
     for dataset in args.datasets:
         prepare_dataset(dataset, os.path.join(args.data_path, dataset))
+        pub = published_row(dataset)
+        if pub is not None:
+            rows[(dataset, "letter-published")] = pub
         for tokenizer in args.tokenizers:
             start = time.time()
             try:
@@ -124,20 +140,10 @@ def main(argv=None):
                 pending.append(f"{dataset} {tokenizer}: pending ({e})")
                 continue
             logging.info(f"{dataset} {tokenizer}: done in {time.time() - start:.0f} s")
-        pub = published_row(dataset)
-        if pub is not None:
-            rows[(dataset, "letter-published")] = pub
-    ordered = sorted(rows.values(), key=lambda r: (r["dataset"], ORDER.get(r["tokenizer"], 9)))
-    os.makedirs(os.path.dirname(args.results), exist_ok=True)
-    tmp = args.results + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in ordered)
-    os.replace(tmp, args.results)
-    table = markdown(ordered)
-    with open(os.path.splitext(args.results)[0] + ".md", "w") as f:
-        f.write(table)
+            write(rows, args.results)  # after every row: a long run (LETTER's SASRec) keeps what it has
+    table = write(rows, args.results)
     print(table)
-    for line in compare(ordered) + pending:
+    for line in compare(rows.values()) + pending:
         print(line)
     return 0
 

@@ -15,7 +15,7 @@ from recbole_gflowgr.tokenizer.rqvae import RQVAETrainer, kmeans, sinkhorn, sq_d
 from recbole_gflowgr.tokenizer.semantic_ids import code_stats, disambiguate
 
 N_ITEMS = 240
-TINY = {"layers": [32], "e_dim": 8, "epochs": 4, "batch_size": 64, "kmeans_iters": 10, "log_every": 0}
+TINY = {"layers": [32], "e_dim": 8, "epochs": 4, "batch_size": 64, "kmeans_iters": 10, "eval_every": 0}
 
 
 def fake_encode(texts, model_dir, batch_size=128, device="cpu", max_length=256, show_progress=True):
@@ -91,6 +91,14 @@ def test_same_seed_same_ids_other_seed_other_ids():
     c, _ = train_rqvae(emb, rq_cfg(), seed=8)
     assert (a == b).all()
     assert not (a == c).all()
+
+
+def test_keep_best_collision_keeps_the_lowest_collision_model():
+    emb = synthetic()
+    codes, trainer = train_rqvae(emb, rq_cfg(epochs=6, eval_every=1, keep_best_collision=True), seed=1)
+    rates = [row["collision_rate"] for row in trainer.history]
+    assert len(rates) == 6 and trainer.best["epoch"] == 1 + int(np.argmin(rates))
+    assert code_stats(codes, [16, 16])["collision_rate"] == pytest.approx(min(rates), abs=1e-5)
 
 
 def test_kmeans_init_codes_are_data_points_and_residuals():

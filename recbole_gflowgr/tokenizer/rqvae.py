@@ -16,6 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+OPTIMIZERS = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+              "sgd": torch.optim.SGD}
+
+
 class MLP(nn.Module):
     """Linear layers with ReLU between them (none after the last), Xavier-normal weights as in TIGER/LETTER."""
 
@@ -117,7 +121,7 @@ class ResidualQuantizer(nn.Module):
             e = book[idx]  # (B, d)
             codes.append(idx)
             vecs.append(e)
-            residual = residual - e
+            residual = residual - e.detach()  # deeper levels' commitment: gradient to the encoder only
         z_q = z + (sum(vecs) - z).detach()
         return z_q, torch.stack(codes, 1), vecs, residuals
 
@@ -148,14 +152,13 @@ class RQVAETrainer:
                            cfg["dropout"]).to(self.device)
         self.sk_epsilons = list(cfg.get("sk_epsilons") or [0.0] * len(cfg["num_emb_list"]))
         self.init_codes = None  # the codebooks right after k-means init (for tests / stats)
-        self.history = []
+        self.history = []  # one row per evaluation
+        self.best = None  # {"epoch", "collision_rate", "state"} of the lowest-collision evaluation
 
     def _optimizer(self):
         params, lr, wd = self.parameters(), self.cfg["lr"], self.cfg["weight_decay"]
         name = self.cfg["optimizer"].lower()
-        table = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-                 "sgd": torch.optim.SGD}
-        return table[name](params, lr=lr, weight_decay=wd)
+        return OPTIMIZERS[name](params, lr=lr, weight_decay=wd)
 
     def parameters(self):
         return list(self.model.parameters())
@@ -185,12 +188,9 @@ class RQVAETrainer:
         """Additional loss terms {name: tensor} for the batch of item indices ``idx`` (B,)."""
         return {}
 
-    def train_sk_epsilons(self):
-        return self.sk_epsilons
-
     def step_losses(self, idx):
         xb = self.x[idx]  # (B, D)
-        x_hat, z_q, codes, vecs, residuals = self.model(xb, self.train_sk_epsilons(), self.cfg["sk_iters"])
+        x_hat, z_q, codes, vecs, residuals = self.model(xb, self.sk_epsilons, self.cfg["sk_iters"])
         recon = F.mse_loss(x_hat, xb) if self.cfg["loss_type"] == "mse" else F.l1_loss(x_hat, xb)
         quant = torch.stack([F.mse_loss(e, r.detach()) + self.cfg["commitment_weight"] * F.mse_loss(r, e.detach())
                              for e, r in zip(vecs, residuals)]).mean()
@@ -237,15 +237,27 @@ class RQVAETrainer:
                 for k, v in losses.items():
                     totals[k] = totals.get(k, 0.0) + v.item() * len(idx) / n
             dead = self.reinit_dead_codes(usage, residuals) if cfg["dead_code_reinit"] and epoch < epochs - 1 else 0
-            last = epoch == epochs - 1
-            if last or (cfg["log_every"] and (epoch + 1) % cfg["log_every"] == 0):
-                codes = self.codes()
-                coll = 1 - len(set(map(tuple, codes.tolist()))) / n
-                row = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in totals.items()}, "dead_reinit": dead,
-                       "collision_rate": round(coll, 5), "s": round(time.time() - start, 1)}
-                self.history.append(row)
-                self.logger.info(" ".join(f"{k}={v}" for k, v in row.items()))
+            if epoch == epochs - 1 or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0):
+                self.evaluate(epoch, totals, dead, start)
+        if self.best is not None:
+            self.model.load_state_dict(self.best["state"])
+            self.logger.info(f"kept the model of epoch {self.best['epoch']}: lowest collision rate "
+                             f"{self.best['collision_rate']:.4%}")
         return self
+
+    @torch.no_grad()
+    def evaluate(self, epoch, totals, dead, start):
+        """Log losses and the nearest-code collision rate; remember the model with the lowest rate (if
+        ``keep_best_collision``: LETTER's trainer keeps that checkpoint too)."""
+        codes = self.codes()
+        coll = 1 - len(set(map(tuple, codes.tolist()))) / len(codes)
+        row = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in totals.items()}, "dead_reinit": dead,
+               "collision_rate": round(coll, 5), "s": round(time.time() - start, 1)}
+        self.history.append(row)
+        self.logger.info(" ".join(f"{k}={v}" for k, v in row.items()))
+        if self.cfg["keep_best_collision"] and (self.best is None or coll < self.best["collision_rate"]):
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best = {"epoch": epoch + 1, "collision_rate": coll, "state": state}
 
     @torch.no_grad()
     def codes(self, sk_epsilons=None, idx=None):

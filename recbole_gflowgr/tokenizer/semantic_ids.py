@@ -24,10 +24,11 @@ from recbole_gflowgr.data.registry import REPO_ROOT
 from recbole_gflowgr.errors import ConfigError, DatasetError
 
 TOKENIZERS = ("rqvae", "letter")
+TOKENIZER_VERSION = 2  # part of the folder hash: bump when a change of the code changes the IDs
 PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
 DATASET_PROPERTIES = os.path.join(REPO_ROOT, "properties", "datasets")
 # keys that change how a run is shown or where data comes from, not the IDs: left out of the folder's hash
-VOLATILE_KEYS = {"log_every", "embed_batch_size", "source_path", "source_prefix", "cpu_threads"}
+VOLATILE_KEYS = {"embed_batch_size", "source_path", "source_prefix", "cpu_threads"}
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -73,6 +74,10 @@ def load_tokenizer_config(tokenizer, dataset=None, overrides=None):
     if len(cfg["sk_epsilons"]) != len(cfg["num_emb_list"]):
         raise ConfigError(f"sk_epsilons: {len(cfg['sk_epsilons'])} values for {len(cfg['num_emb_list'])} codebook "
                           f"levels (num_emb_list); give one epsilon per level")
+    if str(cfg["optimizer"]).lower() not in ("adagrad", "adam", "adamw", "sgd"):
+        raise ConfigError(f"optimizer: unknown value '{cfg['optimizer']}'; allowed values: adagrad, adam, adamw, sgd")
+    if cfg["loss_type"] not in ("mse", "l1"):
+        raise ConfigError(f"loss_type: unknown value '{cfg['loss_type']}'; allowed values: mse, l1")
     if len(cfg["num_emb_list"]) + 1 > len(LETTERS):
         raise ConfigError(f"num_emb_list: at most {len(LETTERS) - 1} levels")
     return cfg
@@ -81,6 +86,7 @@ def load_tokenizer_config(tokenizer, dataset=None, overrides=None):
 def config_hash(cfg, texts_key):
     stable = {k: v for k, v in sorted(cfg.items()) if k not in VOLATILE_KEYS}
     stable["texts_key"] = texts_key
+    stable["version"] = TOKENIZER_VERSION
     return hashlib.sha1(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -216,6 +222,7 @@ def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="c
              "collision_rate": before["collision_rate"], "unique_ids_before": before["unique_ids"],
              "unique_ids": after["unique_ids"], "max_collision_group": max_group, **extra,
              "levels": after["levels"], "seed": seed, "device": str(device), "epochs": cfg["epochs"],
+             "best_epoch": trainer.best and trainer.best["epoch"],
              "batch_size": cfg["batch_size"], "embed_s": round(embed_s, 1), "train_s": round(train_s, 1),
              "wall_s": round(time.time() - start, 1), "embeddings_cached": cached,
              "encode_s": None if encode_s is None else round(encode_s, 1),
