@@ -6,6 +6,8 @@ import sys
 import time
 from logging import getLogger
 
+import torch
+
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
@@ -15,7 +17,7 @@ from recbole_gflowgr.data import prepare_dataset
 from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.finetune import get_finetune_trainer
 from recbole_gflowgr.registry import OUR_MODELS, get_model, get_trainer
-from recbole_gflowgr.results import append_row, make_row
+from recbole_gflowgr.results import append_row, git_commit, make_row
 
 
 def load_config(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=()):
@@ -64,6 +66,11 @@ def load_pretrained(model, path, config):
     if other is not None and (other["model"], other["dataset"]) != (config["model"], config["dataset"]):
         raise ConfigError(f"pretrained_checkpoint={path} is a {other['model']} model of dataset '{other['dataset']}', "
                           f"not {config['model']} on '{config['dataset']}'; point it at a matching SFT checkpoint")
+    ids = state["state_dict"].get("item_tokens")
+    if ids is not None and hasattr(model, "item_tokens") and not torch.equal(ids.cpu(), model.item_tokens.cpu()):
+        raise ConfigError(f"pretrained_checkpoint={path} was trained on other semantic IDs than this run's "
+                          f"({config['tokenizer']}, tokenizer_args={config['tokenizer_args']}): the tokenizer config "
+                          "changed; retrain SFT (leave pretrained_checkpoint empty) or restore that tokenizer config")
     try:
         missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
     except RuntimeError as e:
@@ -81,7 +88,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     For a generative model with ``finetune`` other than ``sft``, fine-tuning starts from ``pretrained_checkpoint``
     or, if that is empty, from the cached SFT checkpoint of the same config (trained first if absent), and runs
     ``finetune_epochs`` epochs at ``finetune_learning_rate``."""
-    start = time.time()
+    start, commit = time.time(), git_commit()
     config = load_config(model, dataset, config_file_list, config_dict, cmd_args)
     pretrained = None
     if config["model"] in OUR_MODELS and config["finetune"] != "sft":
@@ -116,7 +123,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     logger.info(set_color("test result", "yellow") + f": {test_result}")
 
     finetune = config["finetune"] if config["model"] in OUR_MODELS else "none"
-    row = make_row(config, finetune, best_valid_result, test_result, time.time() - start,
+    row = make_row(config, finetune, best_valid_result, test_result, time.time() - start, commit,
                    extra={"epochs": len(getattr(trainer, "epoch_times", [])), "epoch_s": trainer.mean_epoch_time(),
                           "checkpoint": trainer.saved_model_file if saved else None, "pretrained": pretrained})
     if saved and config["model"] in OUR_MODELS and config["finetune"] == "sft":

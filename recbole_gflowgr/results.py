@@ -41,7 +41,7 @@ def git_commit():
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) or "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -61,11 +61,13 @@ def metrics(result):
         {k: round(v, 6) for k, v in result.items() if k not in METRIC_KEYS}
 
 
-def make_row(config, finetune, valid_result, test_result, wall_s, extra=None):
+def make_row(config, finetune, valid_result, test_result, wall_s, commit, extra=None):
+    """``commit``: :func:`git_commit` taken when the run started (the code that ran), with ``-dirty`` if the work
+    tree then had uncommitted or untracked files."""
     plain = plain_config(config)
     row = {"model": config["model"], "finetune": finetune, "dataset": config["dataset"], "seed": config["seed"],
            "valid": metrics(valid_result), "test": metrics(test_result), "wall_s": round(wall_s, 2),
-           "device": device_name(config["device"]), "commit": git_commit(), "config_hash": config_hash(plain)}
+           "device": device_name(config["device"]), "commit": commit, "config_hash": config_hash(plain)}
     row.update(extra or {})
     row["config"] = plain
     return row

@@ -121,3 +121,14 @@ def test_tiger_with_the_real_rqvae_tokenizer_end_to_end(monkeypatch):
     assert run_recbole_gflowgr.main(args + ["--seed=43"]) == 0  # second run reuses the cached IDs
     assert [f for f in os.listdir("dataset/tiny/tokenizer") if f.startswith("rqvae-")] == [folder]
     assert len(rows()) == 2
+
+
+def test_pretrained_checkpoint_with_other_semantic_ids_is_refused(monkeypatch, capsys):
+    args = patch_gr(monkeypatch) + TINY_GR
+    assert run_recbole_gflowgr.main(["--model=TIGER"] + args) == 0
+    state = torch.load(rows()[0]["checkpoint"], weights_only=False)
+    state["state_dict"]["item_tokens"] = state["state_dict"]["item_tokens"].flip(0)
+    torch.save(state, "other_ids.pth")
+    assert run_recbole_gflowgr.main(["--model=TIGER", "--finetune=gflowgr-tb", "--pretrained_checkpoint=other_ids.pth"]
+                                    + args) == 2
+    assert "other semantic IDs" in capsys.readouterr().err

@@ -59,7 +59,8 @@ class TIGER(SequentialRecommender):
         offsets = N_SPECIAL + np.concatenate([[0], np.cumsum(level_sizes)[:-1]])
         tokens = torch.as_tensor(codes + offsets, dtype=torch.long)
         tokens[0] = 0  # padding item -> pad tokens
-        self.register_buffer("item_tokens", tokens, persistent=False)  # (n_items, L)
+        # persistent: a checkpoint carries the IDs it was trained on (checked when fine-tuning starts from it)
+        self.register_buffer("item_tokens", tokens)  # (n_items, L)
         self.code_len = tokens.shape[1]
         self.user_offset = N_SPECIAL + int(sum(level_sizes))
         self._trie = SemanticIDTrie(tokens[1:])  # trie item i <-> RecBole item id i + 1
