@@ -37,6 +37,8 @@ def group_rows(rows):
     """{(dataset, model, finetune, config_hash): {seed: row}} (a later row of the same seed replaces an earlier)."""
     groups = collections.OrderedDict()
     for row in rows:
+        if "finetune" not in row or "test" not in row:  # not a run row (e.g. results/tokenizer_stats.jsonl)
+            continue
         key = (row["dataset"], row["model"], row["finetune"], row.get("config_hash", ""))
         groups.setdefault(key, {})[row["seed"]] = row
     return groups

@@ -42,6 +42,8 @@ def test_later_row_of_a_seed_replaces_earlier_and_cli_writes_files(tmp_path):
     with open("results/d.jsonl", "w") as f:
         for r in ROWS + [row("TIGER", "dpo", 42, 0.5)]:
             f.write(json.dumps(r) + "\n")
+    with open("results/tokenizer_stats.jsonl", "w") as f:  # other rows in results/ are skipped
+        f.write(json.dumps({"dataset": "d", "tokenizer": "rqvae", "collision_rate": 0.1}) + "\n")
     leaderboard.main(["--out=RESULTS.md", "--csv=results/leaderboard.csv"])
     text = open("RESULTS.md").read()
     assert "| d | TIGER | dpo | 0.1000 | 0.2000 | 0.0500 | 0.5000 | 42 |" in text
