@@ -9,13 +9,12 @@ A ``manifest.json`` records the sources (size, mtime) and counts; conversion is 
 import collections
 import json
 import os
-import shutil
-import tempfile
 
 import pandas as pd
 
 from recbole_gflowgr.data.registry import require_dataset_spec
 from recbole_gflowgr.errors import DatasetError
+from recbole_gflowgr.utils import atomic_folder
 
 CONVERTER_VERSION = 1
 MIN_USER_ITEMS = 3  # leave-one-out needs one train, one valid and one test item per user
@@ -109,10 +108,7 @@ def _sources_signature(paths):
 
 
 def _write(out_dir, name, sequences, table, manifest):
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
-    try:
+    with atomic_folder(out_dir) as tmp:
         with open(os.path.join(tmp, f"{name}.inter"), "w", encoding="utf-8") as f:
             f.write("user_id:token\titem_id:token\ttimestamp:float\n")
             for user, seq in sequences.items():
@@ -128,12 +124,6 @@ def _write(out_dir, name, sequences, table, manifest):
                         n_interactions=sum(len(s) for s in sequences.values()), item_fields=list(types))
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

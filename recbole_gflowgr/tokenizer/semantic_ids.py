@@ -11,8 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from logging import getLogger
@@ -22,9 +20,10 @@ import yaml
 
 from recbole_gflowgr.data.registry import REPO_ROOT
 from recbole_gflowgr.errors import ConfigError, DatasetError
+from recbole_gflowgr.utils import atomic_folder
 
 TOKENIZERS = ("rqvae", "letter")
-TOKENIZER_VERSION = 2  # part of the folder hash: bump when a change of the code changes the IDs
+TOKENIZER_VERSION = 3  # part of the folder hash: bump when a change of the code changes the IDs
 PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
 DATASET_PROPERTIES = os.path.join(REPO_ROOT, "properties", "datasets")
 # keys that change how a run is shown or where data comes from, not the IDs: left out of the folder's hash
@@ -126,20 +125,10 @@ def parse_index_json(path):
 
 
 def _write_folder(folder, ids_index, stats, cfg):
-    parent = os.path.dirname(folder)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    try:
+    with atomic_folder(folder) as tmp:
         for name, obj in (("index.json", ids_index), ("stats.json", stats), ("config.json", cfg)):
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(obj, f, indent=None if name == "index.json" else 1)
-        os.chmod(tmp, 0o755)
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_semantic_ids(folder):
