@@ -272,7 +272,9 @@ class BaselineTrainer(GRTrainer):
 
     @property
     def uses_scorer(self):
-        return False
+        """Whether the collaborative model is needed: rollout methods (PPO, GRPO) whose ``reward`` is the
+        comprehensive reward with its CM term; IPA overrides this."""
+        return getattr(self, "reward", None) == "comprehensive" and bool(self.config["gflowgr_reward_cm"])
 
     def begin_epoch(self, train_data, epoch_idx):
         """Hook before each epoch (IPA/SPRec refresh their reference or generator snapshot here)."""

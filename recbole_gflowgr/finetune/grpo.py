@@ -56,10 +56,6 @@ class GRPOTrainer(BaselineTrainer):
         if self.no_dropout:
             disable_dropout(model)
 
-    @property
-    def uses_scorer(self):
-        return self.reward == "comprehensive" and bool(self.config["gflowgr_reward_cm"])
-
     def rollout(self, interaction):
         """{"items" (B, G), "reward" (B, G), "adv" (B, G)} sampled from the current policy."""
         model = self.model

@@ -85,10 +85,6 @@ class PPOTrainer(BaselineTrainer):
         if self.no_dropout:
             disable_dropout(model)
 
-    @property
-    def uses_scorer(self):
-        return self.reward == "comprehensive" and bool(self.config["gflowgr_reward_cm"])
-
     def rollout(self, interaction):
         """{"items" (B, n), "reward" (B, n)}: episodes sampled from the current policy."""
         model = self.model
