@@ -42,8 +42,16 @@ def sft_cache_path(config):
     fine-tuning ones, so every fine-tuning run of the same backbone config shares one SFT checkpoint."""
     from recbole_gflowgr.results import config_hash, plain_config
 
+    from recbole_gflowgr.model.tiger import fetch_semantic_ids
+
     plain = {k: v for k, v in plain_config(config).items()
              if k not in FINETUNE_KEYS and not k.startswith(FINETUNE_PREFIXES)}
+    # the IDs themselves (their folder is named by the tokenizer's config hash): a changed tokenizer yaml or code
+    # version gives other IDs, and so another SFT checkpoint
+    model_class = get_model(config["model"])
+    prepare_dataset(config["dataset"], config["data_path"], config["source_path"], config["source_prefix"])
+    plain["semantic_ids"] = os.path.basename(os.path.normpath(
+        fetch_semantic_ids(config, config["tokenizer"] or model_class.default_tokenizer).path))
     return os.path.join(config["checkpoint_dir"], "sft", f"{config['dataset']}-{config['model']}-{config_hash(plain)}.pth")
 
 
