@@ -16,6 +16,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,7 @@ from recbole_gflowgr.data.registry import require_dataset_spec  # noqa: E402
 from recbole_gflowgr.results import git_commit  # noqa: E402
 from recbole_gflowgr.tokenizer import (code_stats, get_semantic_ids, load_tokenizer_config,  # noqa: E402
                                        parse_index_json)
-from recbole_gflowgr.tokenizer.embeddings import load_item_texts  # noqa: E402
+from recbole_gflowgr.tokenizer.embeddings import item_text_embeddings, load_item_texts  # noqa: E402
 
 RESULTS = os.path.join(REPO, "results")
 ORDER = {"rqvae": 0, "letter": 1, "letter-published": 2}
@@ -63,17 +64,20 @@ def published_row(dataset, source_path=None):
             "unique_ids_before": st["unique_ids"], "unique_ids": st["unique_ids"],
             "max_collision_group": max(groups.values()), "code_usage": [lv["usage"] for lv in st["levels"]],
             "codes_used": [lv["used"] for lv in st["levels"]],
-            "perplexity": [lv["perplexity"] for lv in st["levels"]], "seed": None, "device": None, "epochs": None, "best_epoch": None,
-            "batch_size": None, "encode_s": None, "train_s": None, "cf_s": None, "wall_s": None,
+            "perplexity": [lv["perplexity"] for lv in st["levels"]], "seed": None, "device": None, "epochs": None,
+            "best_epoch": None, "batch_size": None, "encode_s": None, "train_s": None, "cf_s": None, "wall_s": None,
             "note": f"IDs published with LETTER ({os.path.basename(path)}), as is (no disambiguation)",
             "commit": git_commit(), "path": os.path.relpath(path, REPO)}
 
 
-def duplicate_text_rate(dataset, data_path):
-    """Share of items whose text (the tokenizers' text_fields) equals an earlier item's: a floor for the collision
-    rate of any text-only tokenizer (identical inputs get identical codes)."""
-    texts = load_item_texts(data_path, dataset, load_tokenizer_config("rqvae", dataset)["text_fields"])
-    return round(1 - len(set(texts.values())) / len(texts), 6)
+def duplicate_rates(dataset, data_path):
+    """(share of items whose text equals an earlier item's, share whose text embedding does): floors for the
+    collision rate of text-only tokenizers, identical inputs getting identical codes (MiniLM is uncased)."""
+    cfg = load_tokenizer_config("rqvae", dataset)
+    texts = load_item_texts(data_path, dataset, cfg["text_fields"])
+    _, emb = item_text_embeddings(data_path, dataset, cfg["text_fields"], cfg["text_encoder"], show_progress=False)
+    same_emb = len({row.tobytes() for row in np.round(emb, 4)})  # equal texts' embeddings differ by < 1e-6
+    return round(1 - len(set(texts.values())) / len(texts), 6), round(1 - same_emb / len(emb), 6)
 
 
 def markdown(rows):
@@ -87,9 +91,10 @@ def markdown(rows):
                      f"| {r['collision_rate']:.2%} | {r['unique_ids_before']} | {r['max_collision_group']} "
                      f"| {' / '.join(map(str, r['codes_used']))} | {' / '.join(f'{p:.0f}' for p in r['perplexity'])} "
                      f"| {wall} | {epochs} |")
-    floors = {r["dataset"]: r.get("duplicate_text_rate") for r in rows}
-    notes = [f"{d}: {v:.2%} of items have the same text as another item (a floor for text-only tokenizers)"
-             for d, v in floors.items() if v is not None]
+    floors = {r["dataset"]: (r.get("duplicate_text_rate"), r.get("duplicate_embedding_rate")) for r in rows}
+    notes = [f"{d}: {t:.2%} of items have the same text as another item, {e:.2%} the same MiniLM embedding (it is "
+             f"uncased): a floor for the collision rate of our text-only tokenizers" for d, (t, e) in floors.items()
+             if t is not None and e is not None]
     return "\n".join(lines) + "\n\n" + "".join(f"- {n}\n" for n in notes)
 
 
@@ -141,14 +146,15 @@ def main(argv=None):
     pending = []
     for dataset in args.datasets:
         prepare_dataset(dataset, os.path.join(args.data_path, dataset))
-        floor = duplicate_text_rate(dataset, args.data_path)
+        text_dup, emb_dup = duplicate_rates(dataset, args.data_path)
+        floor = {"duplicate_text_rate": text_dup, "duplicate_embedding_rate": emb_dup}
         pub = published_row(dataset)
         if pub is not None:
-            rows[(dataset, "letter-published")] = dict(pub, duplicate_text_rate=floor)
+            rows[(dataset, "letter-published")] = dict(pub, **floor)
         for tokenizer in args.tokenizers:
             start = time.time()
             try:
-                rows[(dataset, tokenizer)] = dict(our_row(dataset, tokenizer, args), duplicate_text_rate=floor)
+                rows[(dataset, tokenizer)] = dict(our_row(dataset, tokenizer, args), **floor)
             except ImportError as e:  # recbole_gflowgr.collaborative (SASRec embeddings) not there yet
                 pending.append(f"{dataset} {tokenizer}: pending ({e})")
                 continue

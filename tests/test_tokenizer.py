@@ -10,7 +10,7 @@ import torch
 from recbole_gflowgr.data import prepare_dataset
 from recbole_gflowgr.errors import ConfigError, DatasetError
 from recbole_gflowgr.tokenizer import embeddings, get_semantic_ids, load_tokenizer_config, parse_index_json
-from recbole_gflowgr.tokenizer.letter import collision_groups, train_letter
+from recbole_gflowgr.tokenizer.letter import collision_groups, distinct_assignment, train_letter
 from recbole_gflowgr.tokenizer.rqvae import RQVAETrainer, kmeans, sinkhorn, sq_dist, train_rqvae
 from recbole_gflowgr.tokenizer.semantic_ids import code_stats, disambiguate
 
@@ -133,9 +133,17 @@ def test_sinkhorn_assignment_is_balanced():
     assert greedy.max() > 200 and balanced.max() <= 48 and (balanced > 0).all()
 
 
+def test_distinct_assignment_one_item_per_code_duplicates_together():
+    q = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.8, 0.2, 0.0, 0.0], [0.7, 0.3, 0.0, 0.0], [0.6, 0.0, 0.0, 0.4]])
+    same = torch.eye(4, dtype=torch.bool)
+    same[1, 2] = same[2, 1] = True  # rows 1 and 2: identical inputs
+    out = distinct_assignment(q, same, held={1})
+    assert out[0] == 0 and out[1] == out[2] and out[1] not in (0, 1) and out[3] not in (0, 1, out[1])
+
+
 def test_letter_trains_with_cf_embeddings_and_resolves_collisions():
     emb = synthetic()
-    emb[:6] = emb[0]  # six identical items: one collision group
+    emb[:40] = emb[0]  # 40 identical items (more than 25: cdist's inexact matmul path): one collision group
     cf = synthetic(d=24, seed=1)  # wider than e_dim: projected onto principal components
     cfg = load_tokenizer_config("letter", None, dict(TINY, num_emb_list=[16, 16, 16], sk_epsilons=[0, 0, 0.003]))
     codes, raw, trainer = train_letter(emb, cf, cfg, seed=3)
@@ -143,6 +151,9 @@ def test_letter_trains_with_cf_embeddings_and_resolves_collisions():
     assert (codes == codes2).all()
     assert {"cf", "div"} <= set(trainer.history[-1])
     assert len(collision_groups(codes)) <= len(collision_groups(raw))
+    for group in collision_groups(codes):  # only identical inputs still share a code
+        assert (emb[group] == emb[group[0]]).all()
+    assert len(set(map(tuple, codes[:40].tolist()))) == 1  # identical items are not told apart
     full, max_group = disambiguate(codes)
     assert len(set(map(tuple, full.tolist()))) == len(emb) and max_group >= 1
     stats = code_stats(full, [16, 16, 16, max_group])

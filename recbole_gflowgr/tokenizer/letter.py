@@ -8,14 +8,14 @@
   an item assigned code i, a random other code of i's cluster is the positive of a softmax over the codebook
   (i itself masked), pulling codes towards their cluster and apart from the others; weight ``beta``.
 * Sinkhorn-Knopp balanced assignment on levels with ``sk_epsilons[l] > 0`` (the last level, 0.003) while training;
-  after training, items still sharing a full code are re-assigned by Sinkhorn within their group (up to
-  ``collision_sk_rounds`` rounds), as LETTER's generate_indices.py does.
+  after training, items still sharing a full code are re-assigned from a Sinkhorn plan within their group (up to
+  ``collision_sk_rounds`` rounds, as LETTER's generate_indices.py; see ``RQVAETrainer.resolve_collisions``).
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_gflowgr.tokenizer.rqvae import RQVAETrainer, kmeans, sinkhorn, sq_dist
+from recbole_gflowgr.tokenizer.rqvae import RQVAETrainer, collision_groups, distinct_assignment, kmeans  # noqa: F401
 
 
 def project_cf(cf, e_dim):
@@ -32,14 +32,6 @@ def project_cf(cf, e_dim):
     vh = vh[:e_dim]
     vh = vh * torch.sign(vh[:, vh.abs().argmax(1)].diagonal())[:, None]  # fixed sign: deterministic output
     return (centred.double() @ vh.t()).float()  # (n, e_dim)
-
-
-def collision_groups(codes):
-    """Lists of row indices that share the same full code, groups of 2 or more only."""
-    groups = {}
-    for i, row in enumerate(map(tuple, codes.tolist())):
-        groups.setdefault(row, []).append(i)
-    return [g for g in groups.values() if len(g) > 1]
 
 
 class LetterTrainer(RQVAETrainer):
@@ -84,27 +76,6 @@ class LetterTrainer(RQVAETrainer):
             div = torch.stack([self.diversity_loss(lv, codes[:, lv], vecs[lv]) for lv in range(len(vecs))]).mean()
             out["div"] = self.cfg["beta"] * div
         return out
-
-    @torch.no_grad()
-    def resolve_collisions(self, codes):
-        """Items that share a full code get their last-level code re-assigned by Sinkhorn within their group
-        (balanced over the codebook, so mostly distinct), for up to ``collision_sk_rounds`` rounds, as LETTER's
-        generate_indices.py does. ``codes``: the nearest-code codes (n, L)."""
-        eps = self.sk_epsilons[-1] if self.sk_epsilons[-1] > 0 else 0.003
-        _, _, _, residuals = self.model.rq(self.latents())  # nearest codes: the same prefixes as ``codes``
-        last, book = residuals[-1].cpu(), self.model.rq.codebooks[-1].detach().cpu()  # (n, d), (K, d)
-        codes, done = codes.copy(), set()
-        for _ in range(self.cfg["collision_sk_rounds"]):
-            # a group seen before would get the same (deterministic) answer again: only new groups are re-assigned
-            groups = [g for g in collision_groups(codes) if tuple(g) not in done]
-            if not groups:
-                break
-            for group in groups:
-                done.add(tuple(group))
-                q = sinkhorn(sq_dist(last[group], book), eps, self.cfg["sk_iters"])  # (g, K)
-                codes[group, -1] = q.argmax(1).numpy()
-        return codes
-
 
 def train_letter(emb, cf_emb, cfg, seed=42, device="cpu", logger=None):
     """(codes (n, L) int64 before disambiguation, raw nearest-code codes (n, L), trainer) of LETTER on ``emb`` (n, D)

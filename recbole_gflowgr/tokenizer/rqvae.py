@@ -5,7 +5,9 @@ Loss = reconstruction (MSE) + ``quant_loss_weight`` * mean over levels of (||sg[
 ``commitment_weight`` * ||r_l - sg[e_l]||^2), with a straight-through estimator from z_q to z.
 Codebooks start from k-means of the (residual) latents of all items, each centroid then moved onto its nearest
 item (so every initial code vector is a real residual); codes no item used during an epoch are re-initialised to
-random residuals of that epoch's last batch. :class:`RQVAETrainer` has hooks the LETTER trainer extends.
+random residuals of that epoch's last batch. The evaluated model with the lowest collision rate is kept (as LETTER's
+trainer does); with ``collision_sk_rounds`` > 0 (LETTER) colliding items are re-assigned on the last level by Sinkhorn.
+:class:`RQVAETrainer` has hooks the LETTER trainer extends.
 """
 import time
 from logging import getLogger
@@ -139,6 +141,29 @@ class RQVAE(nn.Module):
         return self.decoder(z_q), z_q, codes, vecs, residuals
 
 
+def collision_groups(codes):
+    """Lists of row indices that share the same full code, groups of 2 or more only."""
+    groups = {}
+    for i, row in enumerate(map(tuple, codes.tolist())):
+        groups.setdefault(row, []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def distinct_assignment(q, same, held=()):
+    """(g,) codes from a plan q (g, K): rows in order of their best plan weight take their best code still free
+    (not in ``held``, not taken by another row); a row ``same`` as an already placed row shares its code."""
+    taken, out = set(held), np.full(q.shape[0], -1, dtype=np.int64)
+    for i in q.max(1).values.argsort(descending=True, stable=True).tolist():
+        twins = [j for j in same[i].nonzero().flatten().tolist() if out[j] >= 0]
+        if twins:
+            out[i] = out[twins[0]]
+            continue
+        free = [c for c in q[i].argsort(descending=True, stable=True).tolist() if c not in taken]
+        out[i] = free[0] if free else int(q[i].argmax())
+        taken.add(int(out[i]))
+    return out
+
+
 class RQVAETrainer:
     """Trains an :class:`RQVAE` on ``emb`` (n, D) with config ``cfg`` (see properties/tokenizer/rqvae.yaml)."""
 
@@ -260,6 +285,40 @@ class RQVAETrainer:
             self.best = {"epoch": epoch + 1, "collision_rate": coll, "state": state}
 
     @torch.no_grad()
+    def resolve_collisions(self, codes):
+        """Items that share a full code get their last-level code re-assigned from a Sinkhorn plan over the last
+        codebook computed within their group, for up to ``collision_sk_rounds`` rounds (LETTER's generate_indices.py).
+        ``collision_assignment``: 'argmax' = each item's argmax of the plan (LETTER's code; near-duplicates often
+        collide again); 'distinct' = the plan rounded so that each code takes at most one item of the group and none
+        held by another item with the same prefix, while items with identical inputs stay together (LETTER does not
+        differentiate duplicates either). ``codes``: the nearest-code codes (n, L)."""
+        eps = self.sk_epsilons[-1] if self.sk_epsilons[-1] > 0 else 0.003
+        _, _, _, residuals = self.model.rq(self.latents())  # nearest codes: the same prefixes as ``codes``
+        last, book = residuals[-1].cpu(), self.model.rq.codebooks[-1].detach().cpu()  # (n, d), (K, d)
+        x = self.x.cpu()
+        tol = 1e-4 * x.norm(dim=1).mean()  # inputs closer than this count as identical
+        codes, done = codes.copy(), set()
+        for _ in range(self.cfg["collision_sk_rounds"]):
+            # a group seen before would get the same (deterministic) answer again: only new groups are re-assigned
+            groups = [g for g in collision_groups(codes) if tuple(g) not in done]
+            if not groups:
+                break
+            by_prefix = {}
+            for i, row in enumerate(map(tuple, codes[:, :-1].tolist())):
+                by_prefix.setdefault(row, []).append(i)
+            for group in groups:
+                done.add(tuple(group))
+                q = sinkhorn(sq_dist(last[group], book), eps, self.cfg["sk_iters"])  # (g, K)
+                if self.cfg["collision_assignment"] == "argmax":
+                    codes[group, -1] = q.argmax(1).numpy()
+                    continue
+                members = set(group)
+                held = {int(codes[j, -1]) for j in by_prefix[tuple(codes[group[0], :-1].tolist())] if j not in members}
+                same = torch.cdist(x[group], x[group], compute_mode="donot_use_mm_for_euclid_dist") <= tol  # (g, g)
+                codes[group, -1] = distinct_assignment(q, same, held)
+        return codes
+
+    @torch.no_grad()
     def codes(self, sk_epsilons=None, idx=None):
         """(n, L) int64 codes of all items (or of ``idx``): nearest code per level, Sinkhorn where eps > 0."""
         self.model.eval()
@@ -271,4 +330,4 @@ class RQVAETrainer:
 def train_rqvae(emb, cfg, seed=42, device="cpu", logger=None):
     """(codes (n, L) int64 before disambiguation, trainer) of a TIGER RQ-VAE trained on ``emb`` (n, D)."""
     trainer = RQVAETrainer(emb, cfg, seed, device, logger).fit()
-    return trainer.codes(), trainer
+    return trainer.resolve_collisions(trainer.codes()), trainer

@@ -23,7 +23,7 @@ from recbole_gflowgr.errors import ConfigError, DatasetError
 from recbole_gflowgr.utils import atomic_folder
 
 TOKENIZERS = ("rqvae", "letter")
-TOKENIZER_VERSION = 3  # part of the folder hash: bump when a change of the code changes the IDs
+TOKENIZER_VERSION = 4  # part of the folder hash: bump when a change of the code changes the IDs
 PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
 DATASET_PROPERTIES = os.path.join(REPO_ROOT, "properties", "datasets")
 # keys that change how a run is shown or where data comes from, not the IDs: left out of the folder's hash
