@@ -250,7 +250,7 @@ def get_semantic_ids(dataset, tokenizer, data_path="dataset", overrides=None, de
             return ids
     ids, stats = compute_semantic_ids(dataset, tokenizer, cfg, data_path, device, logger, cf_embeddings,
                                       show_progress)
-    saved_cfg = dict(cfg, dataset=dataset, tokenizer=tokenizer, texts_key=key)
+    saved_cfg = dict(cfg, dataset=dataset, tokenizer=tokenizer, texts_key=key, version=TOKENIZER_VERSION)
     _write_folder(folder, ids.index(), stats, saved_cfg)
     ids.path = folder
     logger.info(f"{tokenizer} semantic IDs of {dataset} written to {folder}")
