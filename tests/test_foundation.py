@@ -65,6 +65,25 @@ def test_conversion_is_skipped_when_current_and_redone_when_source_changes():
     assert prepare_dataset("tiny", "dataset/tiny", source_path=src)["n_interactions"] == 238
 
 
+def test_reprovisioned_source_keeps_caches_and_changed_source_drops_them():
+    src, inter, items = tiny_letter()
+    prepare_dataset("tiny", "dataset/tiny", source_path=src)
+    os.makedirs("dataset/tiny/tokenizer")
+    open("dataset/tiny/tokenizer/cache.npz", "w").close()
+    stamp = os.stat("dataset/tiny/tiny.inter").st_mtime_ns
+    write_letter(src, "tiny", inter, items)  # same content, new mtime: nothing to do
+    prepare_dataset("tiny", "dataset/tiny", source_path=src)
+    assert os.stat("dataset/tiny/tiny.inter").st_mtime_ns == stamp
+    with open(os.path.join(src, "tiny.item.json"), "w") as f:  # other bytes, same converted content: caches kept
+        json.dump(items, f, indent=2)
+    prepare_dataset("tiny", "dataset/tiny", source_path=src)
+    assert os.path.isfile("dataset/tiny/tokenizer/cache.npz")
+    items["3"]["title"] = "renamed"  # other item text: the caches are stale and go
+    write_letter(src, "tiny", inter, items)
+    prepare_dataset("tiny", "dataset/tiny", source_path=src)
+    assert not os.path.exists("dataset/tiny/tokenizer")
+
+
 def test_ml100k_from_the_recbole_wheel():
     manifest = prepare_dataset("ml-100k", "dataset/ml-100k")
     assert (manifest["n_users"], manifest["n_items"], manifest["n_interactions"]) == (943, 1682, 100000)

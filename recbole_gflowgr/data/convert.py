@@ -7,6 +7,7 @@ timestamps are not) and, with RecBole's stable sort, keep each user's order.
 A ``manifest.json`` records the sources (size, mtime) and counts; conversion is skipped while it matches.
 """
 import collections
+import hashlib
 import json
 import os
 
@@ -102,9 +103,31 @@ def _load_recbole_ml(spec):
     return sequences, table, [inter_path, item_path]
 
 
+def _sha1(path):
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _sources_signature(paths):
-    return [{"path": os.path.abspath(p), "size": os.path.getsize(p), "mtime_ns": os.stat(p).st_mtime_ns}
-            for p in paths]
+    """Content, not mtime: a re-provisioned copy of the same data (new mtime) must not trigger a re-conversion."""
+    return [{"path": os.path.abspath(p), "size": os.path.getsize(p), "sha1": _sha1(p)} for p in paths]
+
+
+def _carry_caches(old_dir, new_dir, name):
+    """Move the caches kept beside the atomic files (``tokenizer/``: text embeddings, semantic IDs) from the old
+    folder into the new one when the conversion produced byte-identical atomic files; otherwise they are stale and
+    go with the old folder."""
+    files = [f"{name}.inter", f"{name}.item"]
+    if not all(os.path.isfile(os.path.join(old_dir, f)) for f in files):
+        return
+    if any(_sha1(os.path.join(old_dir, f)) != _sha1(os.path.join(new_dir, f)) for f in files):
+        return
+    for entry in os.listdir(old_dir):
+        if not os.path.exists(os.path.join(new_dir, entry)):
+            os.replace(os.path.join(old_dir, entry), os.path.join(new_dir, entry))
 
 
 def _write(out_dir, name, sequences, table, manifest):
@@ -124,6 +147,7 @@ def _write(out_dir, name, sequences, table, manifest):
                         n_interactions=sum(len(s) for s in sequences.values()), item_fields=list(types))
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1)
+        _carry_caches(out_dir, tmp, name)
     return manifest
 
 
