@@ -65,7 +65,9 @@ def summarise(rows):
         line = {"dataset": dataset, "model": model, "finetune": finetune, "config_hash": chash, "seeds": seeds,
                 "wall_s": float(np.mean([by_seed[s]["wall_s"] for s in seeds])),
                 "device": sorted({by_seed[s]["device"] for s in seeds}),
-                "commit": sorted({by_seed[s]["commit"] for s in seeds}), "by_seed": by_seed, "mark": {}}
+                "commit": sorted({by_seed[s]["commit"] for s in seeds}), "by_seed": by_seed, "mark": {},
+                "variant": ", ".join(sorted({by_seed[s]["experiment_variant"] for s in seeds
+                                             if by_seed[s].get("experiment_variant")}))}
         for metric in METRIC_KEYS:
             values = [by_seed[s]["test"].get(metric, np.nan) for s in seeds]
             line[metric] = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
@@ -95,7 +97,8 @@ def markdown(lines, paper=True):
             mean, std = line[metric]
             cell = f"{mean:.4f} ± {std:.4f}" if len(line["seeds"]) > 1 else f"{mean:.4f}"
             cells.append(cell + ("*" if line["mark"].get(metric) else ""))
-        out.append(f"| {line['dataset']} | {line['model']} | {line['finetune']} | " + " | ".join(cells) +
+        method = line["finetune"] + (f" [{line['variant']}]" if line.get("variant") else "")
+        out.append(f"| {line['dataset']} | {line['model']} | {method} | " + " | ".join(cells) +
                    f" | {','.join(map(str, line['seeds']))} | {line['wall_s']:.0f} | {'; '.join(line['device'])} | "
                    f"{', '.join(line['commit'])} |")
     if paper:

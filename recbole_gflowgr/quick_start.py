@@ -1,5 +1,6 @@
 """``run``: one training + evaluation run through RecBole, ending in a result row. Never imports
 ``recbole.quick_start`` (it imports ray)."""
+import logging
 import os
 import shutil
 import sys
@@ -39,13 +40,15 @@ FINETUNE_HEADS = ("gflow_heads.", "ppo_value_head.")  # state-dict prefixes of h
 
 def sft_cache_path(config):
     """``<checkpoint_dir>/sft/<dataset>-<model>-<hash>.pth``: the hash covers every config key except the
-    fine-tuning ones, so every fine-tuning run of the same backbone config shares one SFT checkpoint."""
+    fine-tuning ones, so every fine-tuning run of the same backbone config and seed shares one SFT checkpoint (the
+    seed is in: fine-tuning with seed 43 starts from the SFT run of seed 43, so rows pair by seed)."""
     from recbole_gflowgr.results import config_hash, plain_config
 
     from recbole_gflowgr.model.tiger import fetch_semantic_ids
 
     plain = {k: v for k, v in plain_config(config).items()
              if k not in FINETUNE_KEYS and not k.startswith(FINETUNE_PREFIXES)}
+    plain["sft_seed"] = config["seed"]  # config_hash leaves "seed" out
     # the IDs themselves (their folder is named by the tokenizer's config hash): a changed tokenizer yaml or code
     # version gives other IDs, and so another SFT checkpoint
     model_class = get_model(config["model"])
@@ -58,9 +61,13 @@ def sft_cache_path(config):
 def sft_checkpoint(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
     """Path of the SFT checkpoint that fine-tuning starts from; trained now (its row appended) if not cached."""
     cmd_args = [a for a in cmd_args if not a.startswith("--finetune=")] + ["--finetune=sft"]
+    from recbole_gflowgr.collaborative import training_lock
+
     path = sft_cache_path(load_config(model, dataset, config_file_list, config_dict, cmd_args))
     if not os.path.isfile(path):
-        run(model, dataset, config_file_list, config_dict, cmd_args)  # caches its checkpoint at ``path``
+        with training_lock(path):  # concurrent fine-tuning runs of one backbone wait for one SFT run
+            if not os.path.isfile(path):
+                run(model, dataset, config_file_list, config_dict, cmd_args)  # caches its checkpoint at ``path``
     return path
 
 
@@ -133,7 +140,9 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     finetune = config["finetune"] if config["model"] in OUR_MODELS else "none"
     row = make_row(config, finetune, best_valid_result, test_result, time.time() - start, commit,
                    extra={"epochs": len(getattr(trainer, "epoch_times", [])), "epoch_s": trainer.mean_epoch_time(),
-                          "checkpoint": trainer.saved_model_file if saved else None, "pretrained": pretrained})
+                          "checkpoint": trainer.saved_model_file if saved else None, "pretrained": pretrained,
+                          "log": next((h.baseFilename for h in logging.getLogger().handlers
+                                       if isinstance(h, logging.FileHandler)), None)})
     if saved and config["model"] in OUR_MODELS and config["finetune"] == "sft":
         cache = sft_cache_path(config)
         os.makedirs(os.path.dirname(cache), exist_ok=True)

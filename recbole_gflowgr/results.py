@@ -13,7 +13,9 @@ METRIC_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 # keys that change where/how a run is stored or shown, not what it computes: left out of config_hash
 VOLATILE_KEYS = {"seed", "data_path", "checkpoint_dir", "results_dir", "show_progress", "gpu_id", "device", "state",
                  "log_wandb", "wandb_project", "worker", "source_path", "local_rank", "single_spec", "use_gpu",
-                 "nproc", "world_size", "ip", "port", "offset", "tokenizer_dir", "pretrained_checkpoint"}
+                 "nproc", "world_size", "ip", "port", "offset", "tokenizer_dir", "pretrained_checkpoint",
+                 "experiment", "experiment_cell", "experiment_variant"}
+TAG_KEYS = ("experiment", "experiment_cell", "experiment_variant")  # copied from the config into the row
 
 
 def _plain(value):
@@ -68,6 +70,7 @@ def make_row(config, finetune, valid_result, test_result, wall_s, commit, extra=
     row = {"model": config["model"], "finetune": finetune, "dataset": config["dataset"], "seed": config["seed"],
            "valid": metrics(valid_result), "test": metrics(test_result), "wall_s": round(wall_s, 2),
            "device": device_name(config["device"]), "commit": commit, "config_hash": config_hash(plain)}
+    row.update({k: plain[k] for k in TAG_KEYS if plain.get(k)})
     row.update(extra or {})
     row["config"] = plain
     return row

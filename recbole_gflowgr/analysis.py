@@ -1,0 +1,137 @@
+"""Tables and plots of a grid's rows (paper Table 2 and Fig. 3).
+
+    python -m recbole_gflowgr.analysis table --grid=properties/experiments/ablation.yaml [--split=test]
+    python -m recbole_gflowgr.analysis sweep --grid=properties/experiments/sweep.yaml [--metric=ndcg@10]
+                                             [--split=valid] [--out=results/plots]
+
+Rows are found by the grid's cell keys (see :mod:`recbole_gflowgr.experiments`), so a cell shared by two grids (the
+ablation's ``full`` variant and Table 1's GFlowGR-TB cell) is run once and shown in both. Cells without a row are
+shown as missing, never silently dropped.
+"""
+import argparse
+import collections
+import os
+import sys
+
+import numpy as np
+
+from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.experiments import done_cells, expand, load_grid
+from recbole_gflowgr.results import METRIC_KEYS
+
+
+def grid_rows(grid, results_dir="results"):
+    """[(cell, row or None)] in grid order."""
+    finished = done_cells(results_dir)
+    return [(cell, finished.get(cell.key)) for cell in expand(grid)]
+
+
+def variant_table(grid, results_dir="results", split="test"):
+    """Markdown: one line per (dataset, model, method, variant), mean ± std over the seeds that have rows."""
+    groups = collections.OrderedDict()
+    for cell, row in grid_rows(grid, results_dir):
+        key = (cell["dataset"], cell["model"], cell["finetune"], cell["variant"] or "—")
+        groups.setdefault(key, []).append((cell, row))
+    head = ["dataset", "model", "method", "variant", *METRIC_KEYS, "seeds", "missing"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (dataset, model, finetune, variant), members in groups.items():
+        rows = [r for _, r in members if r is not None]
+        cells = []
+        for metric in METRIC_KEYS:
+            values = [r[split].get(metric, np.nan) for r in rows]
+            if not values:
+                cells.append("—")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.4f}")
+            else:
+                cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}")
+        missing = [str(c["seed"]) for c, r in members if r is None]
+        out.append(f"| {dataset} | {model} | {finetune} | {variant} | " + " | ".join(cells) +
+                   f" | {','.join(str(r['seed']) for r in rows) or '—'} | {','.join(missing) or '—'} |")
+    return "\n".join(out)
+
+
+def sweep_points(grid, results_dir="results", metric="ndcg@10", split="valid"):
+    """{(dataset, model, method, key): [(value, mean, std, n)]} for each swept key, values in grid order."""
+    points = collections.OrderedDict()
+    by_variant = collections.defaultdict(list)
+    for cell, row in grid_rows(grid, results_dir):
+        if row is not None and "=" in cell["variant"]:
+            by_variant[(cell["dataset"], cell["model"], cell["finetune"], cell["variant"])].append(row[split][metric])
+    for key, values in grid["sweep"].items():
+        for (dataset, model, finetune, variant), scores in by_variant.items():
+            name, _, value = variant.partition("=")
+            if name == key:
+                points.setdefault((dataset, model, finetune, key), []).append(
+                    (value, float(np.mean(scores)), float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+                     len(scores)))
+    for key in points:
+        order = [str(v) for v in grid["sweep"][key[3]]]
+        points[key].sort(key=lambda p: order.index(p[0]))
+    return points
+
+
+def plot_sweep(points, out_dir, metric="ndcg@10", split="valid"):
+    """One PNG per swept key (lines: dataset/model/method; x: the key's values as categories); returns paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for key in dict.fromkeys(k[3] for k in points):
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        for (dataset, model, finetune, swept), pts in points.items():
+            if swept != key:
+                continue
+            x = np.arange(len(pts))
+            mean = np.array([p[1] for p in pts])
+            std = np.array([p[2] for p in pts])
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=f"{dataset} {model} {finetune}")
+            ax.set_xticks(x, [p[0] for p in pts])
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"{split} {metric}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"sweep-{key}.png")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["table", "sweep"])
+    parser.add_argument("--grid", required=True)
+    parser.add_argument("--results_dir", default="results")
+    parser.add_argument("--split", default=None, help="valid or test (default: test for table, valid for sweep)")
+    parser.add_argument("--metric", default="ndcg@10", choices=list(METRIC_KEYS))
+    parser.add_argument("--out", default=None, help="table: markdown file (default: print); sweep: PNG folder")
+    args = parser.parse_args(argv)
+    try:
+        grid = load_grid(args.grid)
+        if args.what == "table":
+            text = variant_table(grid, args.results_dir, args.split or "test")
+            if args.out:
+                with open(args.out, "w") as f:
+                    f.write(text + "\n")
+            print(text)
+        else:
+            if not grid["sweep"]:
+                raise ConfigError(f"{args.grid} has no 'sweep' key: nothing to plot")
+            points = sweep_points(grid, args.results_dir, args.metric, args.split or "valid")
+            if not points:
+                raise ConfigError(f"no rows yet for the sweep of {args.grid} in {args.results_dir}/; run "
+                                  f"python -m recbole_gflowgr.experiments --grid={args.grid} first")
+            for path in plot_sweep(points, args.out or os.path.join(args.results_dir, "plots"), args.metric,
+                                   args.split or "valid"):
+                print(path)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

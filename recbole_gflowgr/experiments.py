@@ -1,0 +1,262 @@
+"""Experiment runner: a grid of models × fine-tuning methods × datasets × seeds (× variants), resumable.
+
+    python -m recbole_gflowgr.experiments --grid=properties/experiments/table1.yaml [--jobs=2] [--dry_run]
+                                          [--time_budget=540] [--only=TIGER,gflowgr-tb]
+
+Each cell is one ``run_recbole_gflowgr.py`` process whose result row carries the cell's key (``experiment_cell``),
+so a cell whose row is already in ``results/`` is skipped: re-running the command resumes the grid. Cells run in
+dependency order (a backbone's ``sft`` cells before its fine-tuning cells; the collaborative SASRec and the SFT
+checkpoint are trained once and shared through their caches and locks). ``--jobs`` runs several cells at once
+(small models share one GPU; on CPU each job gets cores // jobs threads). ``--time_budget`` (seconds) starts no cell
+whose estimated time would overrun it — for machines lent by the hour, rerun the command to continue.
+
+Grid yaml keys are documented in ``properties/experiments/table1.yaml``; a cell's key hashes the dataset, model,
+method, seed, the contents of its config files and its overrides, so editing a yaml re-runs the cells it changes.
+"""
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import yaml
+from tqdm import tqdm
+
+from recbole_gflowgr.data.registry import REPO_ROOT
+from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.results import read_rows
+
+GRID_KEYS = {"name", "datasets", "models", "finetunes", "baselines", "seeds", "config_files", "config", "variants",
+             "sweep"}
+OUR_MODELS = ("TIGER", "LETTER")
+
+
+class Cell(dict):
+    """One run: dataset, model, finetune ('none' for classic models), seed, variant, overrides, config_files."""
+
+    @property
+    def key(self):
+        files = [(f, _read(f)) for f in self["config_files"]]
+        blob = json.dumps([self["dataset"], self["model"], self["finetune"], self["seed"], files, self["overrides"]],
+                          sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    @property
+    def label(self):
+        variant = f" [{self['variant']}]" if self["variant"] else ""
+        return f"{self['dataset']} {self['model']} {self['finetune']}{variant} seed={self['seed']}"
+
+
+def _read(path):
+    full = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+    if not os.path.isfile(full):
+        raise ConfigError(f"config file {path} (listed in the grid's config_files) does not exist; fix the path")
+    with open(full) as f:
+        return f.read()
+
+
+def load_grid(path):
+    """The grid yaml as a dict with every key filled in; one clear error for a bad grid."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--grid={path} does not exist; see properties/experiments/ for examples")
+    try:
+        with open(path) as f:
+            grid = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--grid={path} is not valid yaml ({str(e).splitlines()[0]})") from None
+    unknown = set(grid) - GRID_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown grid key(s) {sorted(unknown)}; known keys: {sorted(GRID_KEYS)}")
+    grid.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    for key, default in (("datasets", []), ("models", []), ("finetunes", ["sft"]), ("baselines", []),
+                         ("seeds", [42, 43, 44]), ("config_files", []), ("config", {}), ("variants", {}),
+                         ("sweep", {})):
+        grid[key] = default if grid.get(key) is None else grid[key]
+        if not isinstance(grid[key], type(default)):
+            raise ConfigError(f"{path}: '{key}' must be a {type(default).__name__}, got {grid[key]!r}")
+    if not grid["datasets"]:
+        raise ConfigError(f"{path}: 'datasets' is empty; list at least one dataset")
+    for name, values in grid["sweep"].items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: sweep.{name} must be a non-empty list of values")
+    for name, overrides in grid["variants"].items():
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{path}: variants.{name} must be a mapping of config keys to values")
+    return grid
+
+
+def expand(grid):
+    """The grid's cells in run order: per dataset and seed, classic baselines, then each backbone's SFT cells, then
+    its fine-tuning cells."""
+    variants = dict(grid["variants"])
+    for key, values in grid["sweep"].items():  # one key at a time (the paper's Fig. 3), not a cross product
+        variants.update({f"{key}={v}": {key: v} for v in values})
+    variants = variants or {"": {}}
+    cells = []
+    for dataset in grid["datasets"]:
+        for seed in grid["seeds"]:
+            for model in grid["baselines"]:
+                cells.append(_cell(grid, dataset, model, "none", seed, "", {}))
+            for model in grid["models"]:
+                for stage in ("sft", "finetune"):
+                    for variant, overrides in variants.items():
+                        for finetune in grid["finetunes"]:
+                            if (finetune == "sft") == (stage == "sft"):
+                                cells.append(_cell(grid, dataset, model, finetune, seed, variant, overrides))
+    seen, unique = set(), []
+    for cell in cells:  # an sft cell does not depend on fine-tuning variants: keep one of each
+        if cell.key not in seen:
+            seen.add(cell.key)
+            unique.append(cell)
+    return unique
+
+
+def _cell(grid, dataset, model, finetune, seed, variant, overrides):
+    overrides = dict(grid["config"], **overrides)
+    if finetune == "sft" and model in OUR_MODELS:  # SFT ignores fine-tuning variants: one shared SFT cell
+        from recbole_gflowgr.quick_start import FINETUNE_KEYS, FINETUNE_PREFIXES
+
+        if any(k in FINETUNE_KEYS or k.startswith(FINETUNE_PREFIXES) for k in overrides):
+            overrides = {k: v for k, v in overrides.items() if k not in FINETUNE_KEYS and
+                         not k.startswith(FINETUNE_PREFIXES)}
+            variant = ""
+    return Cell(dataset=dataset, model=model, finetune=finetune, seed=int(seed), variant=variant,
+                overrides=overrides, config_files=list(grid["config_files"]), grid=grid["name"])
+
+
+def done_cells(results_dir):
+    """{cell key: row} of the rows that runs of this runner appended."""
+    return {row["experiment_cell"]: row for row in read_rows(results_dir) if row.get("experiment_cell")}
+
+
+def command(cell, cell_yaml):
+    args = [sys.executable, os.path.join(REPO_ROOT, "run_recbole_gflowgr.py"), f"--model={cell['model']}",
+            f"--dataset={cell['dataset']}", f"--seed={cell['seed']}", f"--experiment={cell['grid']}",
+            f"--experiment_cell={cell.key}", "--show_progress=False"]
+    if cell["model"] in OUR_MODELS:
+        args.append(f"--finetune={cell['finetune']}")
+    if cell["variant"]:
+        args.append(f"--experiment_variant={cell['variant']}")
+    files = [os.path.join(REPO_ROOT, f) if not os.path.isabs(f) else f for f in cell["config_files"]]
+    if cell["overrides"]:
+        files.append(cell_yaml)
+    if files:
+        args.append("--config_files=" + " ".join(files))
+    return args
+
+
+def run_cell(cell, results_dir, log_dir, threads):
+    """Run one cell in its own process; returns (row or None, wall seconds, log path)."""
+    os.makedirs(log_dir, exist_ok=True)
+    cell_yaml = os.path.join(log_dir, f"{cell.key}.yaml")
+    with open(cell_yaml, "w") as f:
+        yaml.safe_dump(dict(cell["overrides"]), f)
+    args = command(cell, cell_yaml) + [f"--results_dir={results_dir}"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    log_path = os.path.join(log_dir, f"{cell.key}.log")
+    start = time.time()
+    with open(log_path, "w") as log:
+        log.write(" ".join(args) + "\n")
+        log.flush()
+        code = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    row = done_cells(results_dir).get(cell.key) if code == 0 else None
+    if row and row.get("log") and os.path.isfile(row["log"]):  # keep RecBole's log of the run beside the results
+        keep = os.path.join(results_dir, "logs", cell["dataset"])
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(row["log"], keep)
+    return row, time.time() - start, log_path
+
+
+def estimate(cell, history):
+    """Seconds expected for ``cell``: the mean wall time of earlier rows of the same dataset, model and method."""
+    same = [r["wall_s"] for r in history if (r.get("dataset"), r.get("model"), r.get("finetune")) ==
+            (cell["dataset"], cell["model"], cell["finetune"] if cell["model"] in OUR_MODELS else "none")]
+    return sum(same) / len(same) if same else None
+
+
+def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=False, only=(), launcher=run_cell,
+             log_dir=None):
+    """Run the grid's missing cells; returns {"done": [...], "ran": [...], "failed": [...], "skipped": [...]}."""
+    cells = [c for c in expand(grid) if all(o in (c["model"], c["finetune"], c["dataset"], c["variant"])
+                                            for o in only)]
+    finished = done_cells(results_dir)
+    todo = [c for c in cells if c.key not in finished]
+    history = [r for r in read_rows(results_dir) if "wall_s" in r]
+    known = [estimate(c, history) for c in todo]
+    fallback = sum(k for k in known if k) / max(1, sum(1 for k in known if k)) or None
+    total = sum(k or fallback or 0 for k in known)
+    print(f"grid {grid['name']}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run"
+          + (f", estimated {total / 3600:.1f} h of runs at jobs=1" if total else ""), flush=True)
+    report = {"done": [c for c in cells if c.key in finished], "ran": [], "failed": [], "skipped": []}
+    if dry_run:
+        for cell, est in zip(todo, known):
+            print(f"  to run: {cell.label} ({f'~{est / 60:.0f} min' if est else 'no estimate'})")
+        report["skipped"] = todo
+        return report
+    log_dir = log_dir or os.path.join("log", "experiments", grid["name"])
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    start, lock = time.time(), threading.Lock()
+    blocked = set()  # backbones whose sft cell failed: their fine-tuning cells are not started
+
+    def work(cell, est):
+        backbone = (cell["dataset"], cell["model"], cell["seed"])
+        with lock:
+            left = None if time_budget is None else time_budget - (time.time() - start)
+            if backbone in blocked or (left is not None and (left <= 0 or (est and est > left))):
+                report["skipped"].append(cell)
+                return
+        row, wall, log_path = launcher(cell, results_dir, log_dir, threads)
+        with lock:
+            if row is None:
+                report["failed"].append(cell)
+                if cell["finetune"] == "sft":
+                    blocked.add(backbone)
+                tqdm.write(f"FAILED {cell.label} after {wall:.0f} s: see {log_path}")
+            else:
+                report["ran"].append(cell)
+                test = row.get("test", {})
+                tqdm.write(f"done {cell.label} in {wall:.0f} s: " +
+                           " ".join(f"{k}={v:.4f}" for k, v in test.items() if "@" in k))
+
+    with tqdm(total=len(todo), desc=f"grid {grid['name']}", unit="run") as bar:
+        sft = [(c, e) for c, e in zip(todo, known) if c["finetune"] == "sft"]
+        rest = [(c, e) for c, e in zip(todo, known) if c["finetune"] != "sft"]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            for stage in (sft, rest):  # fine-tuning cells start once every SFT cell has finished
+                for future in [pool.submit(work, c, e) for c, e in stage]:
+                    future.result()
+                    bar.update(1)
+    print(f"grid {grid['name']}: ran {len(report['ran'])}, failed {len(report['failed'])}, "
+          f"not started {len(report['skipped'])} (time budget or failed SFT); rerun the command to continue"
+          if report["failed"] or report["skipped"] else f"grid {grid['name']}: complete", flush=True)
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", required=True, help="grid yaml (see properties/experiments/)")
+    parser.add_argument("--results_dir", default="results")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once")
+    parser.add_argument("--time_budget", type=float, default=None, help="seconds; start no cell that would overrun")
+    parser.add_argument("--only", default="", help="comma-separated filter on model/method/dataset/variant")
+    parser.add_argument("--dry_run", action="store_true", help="list the cells still to run, run nothing")
+    args = parser.parse_args(argv)
+    try:
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs={args.jobs} must be >= 1")
+        grid = load_grid(args.grid)
+        report = run_grid(grid, args.results_dir, args.jobs, args.time_budget, args.dry_run,
+                          tuple(o for o in args.only.split(",") if o))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(1 if report["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Experiment runner (grid expansion, resume, budget, a real subprocess cell) and the grid tables / sweep plots."""
+import os
+
+import pytest
+import yaml
+
+from recbole_gflowgr import analysis, experiments
+from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.results import append_row, read_rows
+from test_foundation import tiny_letter
+
+
+def write_grid(path="grid.yaml", **keys):
+    with open(path, "w") as f:
+        yaml.safe_dump(keys, f, sort_keys=False)
+    return experiments.load_grid(path)
+
+
+def fake_row(cell, test=0.1, valid=0.2, wall=10.0):
+    metrics = {m: test for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")}
+    return {"model": cell["model"], "finetune": cell["finetune"] if cell["model"] in ("TIGER", "LETTER") else "none",
+            "dataset": cell["dataset"], "seed": cell["seed"], "test": metrics,
+            "valid": {k: valid for k in metrics}, "wall_s": wall, "device": "cpu", "commit": "x",
+            "config_hash": cell.key, "experiment_cell": cell.key, "experiment_variant": cell["variant"] or None}
+
+
+def fake_launcher(calls, **row_kw):
+    def launch(cell, results_dir, log_dir, threads):
+        calls.append(cell.label)
+        row = fake_row(cell, **row_kw)
+        append_row(row, results_dir)
+        return row, 1.0, "fake.log"
+    return launch
+
+
+def test_expand_orders_sft_first_and_shares_sft_across_finetuning_variants():
+    grid = write_grid(datasets=["d"], models=["TIGER"], baselines=["SASRec"], finetunes=["sft", "gflowgr-tb"],
+                      seeds=[1, 2], variants={"lam": {"gflowgr_lambda": 0.5}, "wide": {"d_model": 32}})
+    cells = experiments.expand(grid)
+    labels = [c.label for c in cells]
+    # per seed: SASRec, the SFT shared by 'lam' (a fine-tuning key only), the SFT of 'wide', two GFlowGR cells
+    assert labels[:5] == ["d SASRec none seed=1", "d TIGER sft seed=1", "d TIGER sft [wide] seed=1",
+                          "d TIGER gflowgr-tb [lam] seed=1", "d TIGER gflowgr-tb [wide] seed=1"]
+    assert len(cells) == 10 and len({c.key for c in cells}) == 10
+    assert labels[5].endswith("seed=2")
+
+
+def test_sweep_makes_one_variant_per_value_one_key_at_a_time():
+    grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["gflowgr-tb"], seeds=[1],
+                      sweep={"gflowgr_n_aug": [1, 2], "gflowgr_lambda": [0.1, 1]})
+    variants = [c["variant"] for c in experiments.expand(grid)]
+    assert variants == ["gflowgr_n_aug=1", "gflowgr_n_aug=2", "gflowgr_lambda=0.1", "gflowgr_lambda=1"]
+
+
+def test_runner_resumes_skipping_cells_with_rows():
+    grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["sft", "dpo"], seeds=[1, 2])
+    calls = []
+    experiments.run_grid(grid, "res", launcher=fake_launcher(calls), only=("sft",))
+    assert calls == ["d TIGER sft seed=1", "d TIGER sft seed=2"]
+    calls.clear()
+    report = experiments.run_grid(grid, "res", launcher=fake_launcher(calls))
+    assert calls == ["d TIGER dpo seed=1", "d TIGER dpo seed=2"] and len(report["done"]) == 2
+    calls.clear()
+    report = experiments.run_grid(grid, "res", launcher=fake_launcher(calls))
+    assert calls == [] and len(report["done"]) == 4
+
+
+def test_time_budget_starts_no_cell_that_would_overrun_and_failed_sft_blocks_its_finetuning():
+    grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["sft", "dpo"], seeds=[1])
+    cells = experiments.expand(grid)
+    append_row(dict(fake_row(cells[0], wall=500.0), experiment_cell="other"), "res")  # history: sft takes 500 s
+    calls = []
+    report = experiments.run_grid(grid, "res", launcher=fake_launcher(calls), time_budget=100)
+    assert calls == ["d TIGER dpo seed=1"]  # no estimate for dpo: started; sft's 500 s estimate exceeds the budget
+    assert [c.label for c in report["skipped"]] == ["d TIGER sft seed=1"]
+
+    def failing(cell, results_dir, log_dir, threads):
+        calls.append(cell.label)
+        return None, 1.0, "x.log"
+    calls.clear()
+    report = experiments.run_grid(grid, "res2", launcher=failing)
+    assert calls == ["d TIGER sft seed=1"] and [c.label for c in report["skipped"]] == ["d TIGER dpo seed=1"]
+
+
+def test_bad_grids_give_clear_errors():
+    with pytest.raises(ConfigError, match="unknown grid key"):
+        write_grid(datasets=["d"], model=["TIGER"])
+    with pytest.raises(ConfigError, match="'datasets' is empty"):
+        write_grid(models=["TIGER"])
+    with pytest.raises(ConfigError, match="sweep.gflowgr_lambda must be a non-empty list"):
+        write_grid(datasets=["d"], sweep={"gflowgr_lambda": 0.1})
+    with pytest.raises(ConfigError, match="does not exist"):
+        experiments.load_grid("nope.yaml")
+
+
+def test_variant_table_and_sweep_plot_from_rows(tmp_path):
+    grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["gflowgr-tb"], seeds=[1, 2],
+                      sweep={"gflowgr_lambda": [0.1, 1.0]})
+    cells = experiments.expand(grid)
+    for i, cell in enumerate(cells[:-1]):  # the last cell (lambda=1.0, seed 2) has no row
+        append_row(fake_row(cell, test=0.1 * (i + 1), valid=0.01 * (i + 1)), "res")
+    table = analysis.variant_table(grid, "res")
+    assert "| d | TIGER | gflowgr-tb | gflowgr_lambda=0.1 | 0.2000 ± 0.1414 |" in table  # seeds 1, 2: 0.1 and 0.3
+    assert table.splitlines()[-1].endswith("| 0.2000 | 0.2000 | 0.2000 | 0.2000 | 1 | 2 |")
+    points = analysis.sweep_points(grid, "res", "ndcg@10", "valid")
+    assert [(p[0], round(p[1], 4), p[3]) for p in points[("d", "TIGER", "gflowgr-tb", "gflowgr_lambda")]] == \
+        [("0.1", 0.02, 2), ("1.0", 0.02, 1)]
+    paths = analysis.plot_sweep(points, str(tmp_path / "plots"))
+    assert [os.path.basename(p) for p in paths] == ["sweep-gflowgr_lambda.png"]
+    with open(paths[0], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_real_cell_runs_in_a_subprocess_writes_a_tagged_row_and_is_skipped_after():
+    src, _, _ = tiny_letter(n_users=30, n_items=15, seq_len=6)
+    grid = write_grid(datasets=["tiny"], baselines=["SASRec"], seeds=[7],
+                      config={"source_path": os.path.abspath(src), "epochs": 1, "hidden_size": 8,
+                              "inner_size": 16, "n_layers": 1, "n_heads": 1, "train_batch_size": 64})
+    report = experiments.run_grid(grid, "res")
+    assert [c.label for c in report["ran"]] == ["tiny SASRec none seed=7"], open(
+        os.path.join("log", "experiments", "grid", os.listdir(os.path.join("log", "experiments", "grid"))[-1])).read()
+    row, = read_rows("res")
+    assert (row["model"], row["seed"], row["experiment"], row["config"]["hidden_size"]) == ("SASRec", 7, "grid", 8)
+    assert row["experiment_cell"] == experiments.expand(grid)[0].key
+    assert os.listdir(os.path.join("res", "logs", "tiny")) == [os.path.basename(row["log"])]
+    assert experiments.run_grid(grid, "res")["ran"] == []
