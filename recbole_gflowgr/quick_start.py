@@ -149,6 +149,10 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         shutil.copyfile(trainer.saved_model_file, cache + ".tmp")
         os.replace(cache + ".tmp", cache)
         row["sft_cache"] = cache
+    if saved and config["model"] in OUR_MODELS:  # self-contained checkpoint for recommend.py (best model loaded)
+        from recbole_gflowgr.export import export_checkpoint, export_path
+
+        row["export"] = export_checkpoint(model, config, dataset, export_path(trainer.saved_model_file))
     path = append_row(row, config["results_dir"])
     logger.info(f"result row appended to {path}")
     return row

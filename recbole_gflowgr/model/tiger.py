@@ -56,6 +56,7 @@ class TIGER(SequentialRecommender):
         self.pad_to = None  # benchmarks only: pad every history to this many items (the naive way)
 
         codes, level_sizes = self._semantic_ids(config, dataset)  # (n_items, L) per-level codes; row 0 unused
+        self.level_sizes = [int(s) for s in level_sizes]
         offsets = N_SPECIAL + np.concatenate([[0], np.cumsum(level_sizes)[:-1]])
         tokens = torch.as_tensor(codes + offsets, dtype=torch.long)
         tokens[0] = 0  # padding item -> pad tokens
@@ -86,8 +87,11 @@ class TIGER(SequentialRecommender):
 
     # ----- semantic IDs -----------------------------------------------------------------------------------------
     def _semantic_ids(self, config, dataset):
+        if hasattr(dataset, "semantic_codes"):  # an exported checkpoint's catalog (recommend.py): IDs given
+            return dataset.semantic_codes, dataset.level_sizes
         name = config["tokenizer"] or self.default_tokenizer
         sem = fetch_semantic_ids(config, name)
+        self.semantic_ids_path = sem.path  # its rqvae.pth assigns IDs to new items (export.py)
         row = {token: i for i, token in enumerate(sem.item_tokens)}
         id2token = dataset.field2id_token[self.ITEM_ID]
         missing = [t for t in id2token[1:] if t not in row]

@@ -2,7 +2,9 @@
 
 ``get_semantic_ids(dataset, tokenizer)`` returns a :class:`SemanticIDs`, computed on first use and read back after
 from ``<data_path>/<dataset>/tokenizer/<tokenizer>-<config hash>/``: ``index.json`` (LETTER's ``*.index.json``
-format, one letter per level, the disambiguation level included), ``stats.json`` and ``config.json``. The hash covers
+format, one letter per level, the disambiguation level included), ``stats.json``, ``config.json`` and ``rqvae.pth``
+(the trained encoder + codebooks, which assign IDs to new items: ``recommend.py``; folders written before it existed
+lack it). The hash covers
 the tokenizer config (yaml + overrides), the seed and the item texts + encoder, so a changed text or setting gives a
 new folder. Items whose codes coincide get an extra last token 0, 1, 2, ... (in ``<dataset>.item`` order) so that
 item <-> ID is a bijection.
@@ -29,6 +31,7 @@ DATASET_PROPERTIES = os.path.join(REPO_ROOT, "properties", "datasets")
 # keys that change how a run is shown or where data comes from, not the IDs: left out of the folder's hash
 VOLATILE_KEYS = {"embed_batch_size", "source_path", "source_prefix", "cpu_threads"}
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+QUANTISER_FILE = "rqvae.pth"  # {"in_dim": D, "state_dict": RQ-VAE encoder.* and rq.* tensors}
 
 
 @dataclass
@@ -38,6 +41,7 @@ class SemanticIDs:
     level_sizes: list  # values each column may take; last = largest group of items sharing the other columns
     path: str  # folder with index.json, stats.json, config.json
     stats: dict = field(default_factory=dict, repr=False)
+    quantiser: dict = field(default=None, repr=False)  # trained encoder + codebooks, see QUANTISER_FILE
 
     def index(self):
         """{item token: ["<a_12>", "<b_3>", ...]} (LETTER's index.json format)."""
@@ -124,11 +128,15 @@ def parse_index_json(path):
     return items, codes
 
 
-def _write_folder(folder, ids_index, stats, cfg):
+def _write_folder(folder, ids_index, stats, cfg, quantiser=None):
     with atomic_folder(folder) as tmp:
         for name, obj in (("index.json", ids_index), ("stats.json", stats), ("config.json", cfg)):
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(obj, f, indent=None if name == "index.json" else 1)
+        if quantiser is not None:
+            import torch
+
+            torch.save(quantiser, os.path.join(tmp, QUANTISER_FILE))
 
 
 def read_semantic_ids(folder):
@@ -207,6 +215,8 @@ def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="c
     level_sizes = list(cfg["num_emb_list"]) + [max_group]
     after = code_stats(full, level_sizes)
     assert after["unique_ids"] == len(items), "disambiguation must give every item its own ID"
+    state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items() if not k.startswith("decoder.")}
+    quantiser = {"in_dim": int(emb.shape[1]), "state_dict": state}
     stats = {"dataset": dataset, "tokenizer": tokenizer, "n_items": len(items), "level_sizes": level_sizes,
              "collision_rate": before["collision_rate"], "unique_ids_before": before["unique_ids"],
              "unique_ids": after["unique_ids"], "max_collision_group": max_group, **extra,
@@ -221,7 +231,7 @@ def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="c
              "history": trainer.history}
     logger.info(f"{tokenizer} IDs of {dataset}: collision rate {before['collision_rate']:.4%} before "
                 f"disambiguation, max group {max_group}, wall {stats['wall_s']} s")
-    return SemanticIDs(items, full, level_sizes, "", stats), stats
+    return SemanticIDs(items, full, level_sizes, "", stats, quantiser), stats
 
 
 def get_semantic_ids(dataset, tokenizer, data_path="dataset", overrides=None, device="cpu", logger=None,
@@ -251,7 +261,7 @@ def get_semantic_ids(dataset, tokenizer, data_path="dataset", overrides=None, de
     ids, stats = compute_semantic_ids(dataset, tokenizer, cfg, data_path, device, logger, cf_embeddings,
                                       show_progress)
     saved_cfg = dict(cfg, dataset=dataset, tokenizer=tokenizer, texts_key=key, version=TOKENIZER_VERSION)
-    _write_folder(folder, ids.index(), stats, saved_cfg)
+    _write_folder(folder, ids.index(), stats, saved_cfg, ids.quantiser)
     ids.path = folder
     logger.info(f"{tokenizer} semantic IDs of {dataset} written to {folder}")
     return ids
