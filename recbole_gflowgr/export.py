@@ -44,8 +44,11 @@ def export_path(saved_model_file):
 
 
 def _item_columns(data_path, dataset):
-    """Field names of ``<data_path>/<dataset>.item`` (without ``item_id``), in file order."""
-    with open(os.path.join(data_path, f"{dataset}.item"), encoding="utf-8") as f:
+    """Field names of ``<data_path>/<dataset>.item`` (without ``item_id``), in file order; [] without that file."""
+    path = os.path.join(data_path, f"{dataset}.item")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
         return [c.split(":")[0] for c in f.readline().rstrip("\n").split("\t") if c.split(":")[0] != "item_id"]
 
 
@@ -53,7 +56,7 @@ def _titles(data_path, dataset, field, item_tokens):
     """Titles aligned with ``item_tokens`` ('' for [PAD] and items without one)."""
     from recbole_gflowgr.data.convert import read_item_text
 
-    if field is None:
+    if field is None or not os.path.isfile(os.path.join(data_path, f"{dataset}.item")):
         return [""] * len(item_tokens)
     prefix = f"{field}: "
     text = {k: v[len(prefix):] for k, v in read_item_text(data_path, dataset, [field]).items()}
@@ -96,16 +99,11 @@ def make_export(model, config, item_tokens, item_titles, tokenizer, user_tokens=
 
 
 def save_atomic(obj, path):
-    """``torch.save`` to ``path.tmp`` then ``os.replace``: readers never see a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    """``torch.save`` through a temporary file: readers never see a half-written checkpoint; returns ``path``."""
+    from recbole_gflowgr.utils import atomic_file
+
+    with atomic_file(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -42,7 +42,8 @@ class _Catalog:
 
 
 def build_model(export, device="cpu"):
-    """The TIGER/LETTER nn.Module of an export dict (weights loaded, eval mode) on ``device``."""
+    """The TIGER/LETTER nn.Module of an export dict (weights loaded, eval mode) on ``device``; an export without
+    ``state_dict`` gives randomly initialised weights (benchmarks)."""
     from recbole_gflowgr.errors import ConfigError
     from recbole_gflowgr.registry import OUR_MODELS, get_model
 
@@ -52,7 +53,8 @@ def build_model(export, device="cpu"):
     sem = export["semantic_ids"]
     catalog = _Catalog(config["ITEM_ID_FIELD"], len(export["item_tokens"]), sem["codes"].numpy(), sem["level_sizes"])
     model = get_model(export["model"])(config, catalog)
-    model.load_state_dict(export["state_dict"])
+    if export.get("state_dict") is not None:
+        model.load_state_dict(export["state_dict"])
     return model.to(device).eval()
 
 
@@ -151,6 +153,7 @@ class Recommender:
         """Give items the model never saw a semantic ID from their text ``{token: {field: text}}`` with the trained
         tokenizer and make them recommendable; returns {token: codes}. All-or-nothing: on error nothing changes.
         ``text_encoder``: a local model folder replacing the checkpoint's (if that is not on this machine)."""
+        from recbole_gflowgr.data.convert import _text
         from recbole_gflowgr.model.beam_search import SemanticIDTrie
         from recbole_gflowgr.model.tiger import N_SPECIAL
         from recbole_gflowgr.new_items import NewItemError, assign_ids
@@ -174,7 +177,7 @@ class Recommender:
         for token, fields in items.items():
             self.token2id[token] = len(self.item_tokens)
             self.item_tokens.append(token)
-            self.titles.append(str(fields.get(title) or ""))
+            self.titles.append(_text(fields.get(title) or ""))
         return {t: c.tolist() for t, c in zip(items, codes)}
 
 
@@ -198,14 +201,10 @@ def _read_histories(path):
 
 
 def _write_jsonl(rows, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from recbole_gflowgr.utils import atomic_file
+
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def _table(recs):
