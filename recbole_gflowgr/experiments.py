@@ -92,7 +92,7 @@ def load_grid(path):
 
 def expand(grid):
     """The grid's cells in run order: per dataset and seed, classic baselines, then each backbone's SFT cells, then
-    its fine-tuning cells."""
+    its fine-tuning cells (the runner starts a fine-tuning cell only after its SFT cell has ended)."""
     variants = dict(grid["variants"])
     for key, values in grid["sweep"].items():  # one key at a time (the paper's Fig. 3), not a cross product
         variants.update({f"{key}={v}": {key: v} for v in values})
@@ -127,6 +127,13 @@ def _cell(grid, dataset, model, finetune, seed, variant, overrides):
             variant = ""
     return Cell(dataset=dataset, model=model, finetune=finetune, seed=int(seed), variant=variant,
                 overrides=overrides, config_files=list(grid["config_files"]), grid=grid["name"])
+
+
+def sft_key(grid, cell):
+    """Key of the SFT cell that fine-tuning ``cell`` starts from (None for SFT and classic cells)."""
+    if cell["model"] not in OUR_MODELS or cell["finetune"] == "sft":
+        return None
+    return _cell(grid, cell["dataset"], cell["model"], "sft", cell["seed"], cell["variant"], cell["overrides"]).key
 
 
 def done_cells(results_dir):
@@ -182,8 +189,10 @@ def estimate(cell, history):
 def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=False, only=(), launcher=run_cell,
              log_dir=None):
     """Run the grid's missing cells; returns {"done": [...], "ran": [...], "failed": [...], "skipped": [...]}."""
-    cells = [c for c in expand(grid) if all(o in (c["model"], c["finetune"], c["dataset"], c["variant"])
-                                            for o in only)]
+    every = expand(grid)
+    chosen = {c.key for c in every if all(o in (c["model"], c["finetune"], c["dataset"], c["variant"]) for o in only)}
+    chosen |= {sft_key(grid, c) for c in every if c.key in chosen}  # a chosen fine-tuning cell brings its SFT cell
+    cells = [c for c in every if c.key in chosen]
     finished = done_cells(results_dir)
     todo = [c for c in cells if c.key not in finished]
     history = [r for r in read_rows(results_dir) if "wall_s" in r]
@@ -201,21 +210,23 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
     log_dir = log_dir or os.path.join("log", "experiments", grid["name"])
     threads = max(1, (os.cpu_count() or 1) // jobs)
     start, lock = time.time(), threading.Lock()
-    blocked = set()  # backbones whose sft cell failed: their fine-tuning cells are not started
+    blocked = set()  # cells that failed or were not started: fine-tuning cells of such an SFT cell are not started
 
     def work(cell, est):
-        backbone = (cell["dataset"], cell["model"], cell["seed"])
+        backbone = sft_key(grid, cell)
+        if backbone in futures:  # its SFT cell: submitted (so started) earlier, FIFO; wait for it
+            futures[backbone].result()
         with lock:
             left = None if time_budget is None else time_budget - (time.time() - start)
             if backbone in blocked or (left is not None and (left <= 0 or (est and est > left))):
                 report["skipped"].append(cell)
+                blocked.add(cell.key)
                 return
         row, wall, log_path = launcher(cell, results_dir, log_dir, threads)
         with lock:
             if row is None:
                 report["failed"].append(cell)
-                if cell["finetune"] == "sft":
-                    blocked.add(backbone)
+                blocked.add(cell.key)
                 tqdm.write(f"FAILED {cell.label} after {wall:.0f} s: see {log_path}")
             else:
                 report["ran"].append(cell)
@@ -223,14 +234,14 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
                 tqdm.write(f"done {cell.label} in {wall:.0f} s: " +
                            " ".join(f"{k}={v:.4f}" for k, v in test.items() if "@" in k))
 
+    futures = {}
     with tqdm(total=len(todo), desc=f"grid {grid['name']}", unit="run") as bar:
-        sft = [(c, e) for c, e in zip(todo, known) if c["finetune"] == "sft"]
-        rest = [(c, e) for c, e in zip(todo, known) if c["finetune"] != "sft"]
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            for stage in (sft, rest):  # fine-tuning cells start once every SFT cell has finished
-                for future in [pool.submit(work, c, e) for c, e in stage]:
-                    future.result()
-                    bar.update(1)
+            for cell, est in zip(todo, known):  # grid order: a fine-tuning cell after its SFT cell
+                futures[cell.key] = pool.submit(work, cell, est)
+                futures[cell.key].add_done_callback(lambda _: bar.update(1))
+            for future in list(futures.values()):
+                future.result()
     print(f"grid {grid['name']}: ran {len(report['ran'])}, failed {len(report['failed'])}, "
           f"not started {len(report['skipped'])} (time budget or failed SFT); rerun the command to continue"
           if report["failed"] or report["skipped"] else f"grid {grid['name']}: complete", flush=True)

@@ -71,8 +71,10 @@ def test_time_budget_starts_no_cell_that_would_overrun_and_failed_sft_blocks_its
     append_row(dict(fake_row(cells[0], wall=500.0), experiment_cell="other"), "res")  # history: sft takes 500 s
     calls = []
     report = experiments.run_grid(grid, "res", launcher=fake_launcher(calls), time_budget=100)
-    assert calls == ["d TIGER dpo seed=1"]  # no estimate for dpo: started; sft's 500 s estimate exceeds the budget
-    assert [c.label for c in report["skipped"]] == ["d TIGER sft seed=1"]
+    assert calls == []  # sft's 500 s estimate exceeds the budget, and dpo needs that sft
+    assert [c.label for c in report["skipped"]] == ["d TIGER sft seed=1", "d TIGER dpo seed=1"]
+    report = experiments.run_grid(grid, "res", launcher=fake_launcher(calls), time_budget=1000, only=("dpo",))
+    assert calls == ["d TIGER sft seed=1", "d TIGER dpo seed=1"]  # --only=dpo brings its SFT cell along
 
     def failing(cell, results_dir, log_dir, threads):
         calls.append(cell.label)
