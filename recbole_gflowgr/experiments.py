@@ -179,6 +179,39 @@ def run_cell(cell, results_dir, log_dir, threads):
     return row, time.time() - start, log_path
 
 
+def claim(cell, results_dir):
+    """Mark ``cell`` as running in this process (``<results_dir>/.running/<key>.pid``); False if a live process
+    already runs it (two runner commands on one grid share the work instead of repeating it)."""
+    from recbole_gflowgr.collaborative import _pid_alive
+
+    folder = os.path.join(results_dir, ".running")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{cell.key}.pid")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                return False
+            os.remove(path)  # left by a process that is gone
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def release(cell, results_dir):
+    path = os.path.join(results_dir, ".running", f"{cell.key}.pid")
+    if os.path.isfile(path):
+        os.remove(path)
+
+
 def estimate(cell, history):
     """Seconds expected for ``cell``: the mean wall time of earlier rows of the same dataset, model and method."""
     same = [r["wall_s"] for r in history if (r.get("dataset"), r.get("model"), r.get("finetune")) ==
@@ -222,7 +255,16 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
                 report["skipped"].append(cell)
                 blocked.add(cell.key)
                 return
-        row, wall, log_path = launcher(cell, results_dir, log_dir, threads)
+        if not claim(cell, results_dir):
+            with lock:
+                report["skipped"].append(cell)
+                blocked.add(cell.key)
+                tqdm.write(f"{cell.label} is being run by another process: left to it")
+            return
+        try:
+            row, wall, log_path = launcher(cell, results_dir, log_dir, threads)
+        finally:
+            release(cell, results_dir)
         with lock:
             if row is None:
                 report["failed"].append(cell)

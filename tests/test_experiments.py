@@ -84,6 +84,18 @@ def test_time_budget_starts_no_cell_that_would_overrun_and_failed_sft_blocks_its
     assert calls == ["d TIGER sft seed=1"] and [c.label for c in report["skipped"]] == ["d TIGER dpo seed=1"]
 
 
+def test_a_cell_run_by_another_live_process_is_left_to_it():
+    grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["sft"], seeds=[1, 2])
+    first = experiments.expand(grid)[0]
+    os.makedirs(os.path.join("res", ".running"))
+    with open(os.path.join("res", ".running", f"{first.key}.pid"), "w") as f:
+        f.write("1")  # pid 1 is alive
+    calls = []
+    report = experiments.run_grid(grid, "res", launcher=fake_launcher(calls))
+    assert calls == ["d TIGER sft seed=2"] and [c.label for c in report["skipped"]] == ["d TIGER sft seed=1"]
+    assert os.listdir(os.path.join("res", ".running")) == [f"{first.key}.pid"]  # ours released, theirs kept
+
+
 def test_bad_grids_give_clear_errors():
     with pytest.raises(ConfigError, match="unknown grid key"):
         write_grid(datasets=["d"], model=["TIGER"])
