@@ -220,7 +220,7 @@ def estimate(cell, history):
 
 
 def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=False, only=(), launcher=run_cell,
-             log_dir=None):
+             log_dir=None, threads=None):
     """Run the grid's missing cells; returns {"done": [...], "ran": [...], "failed": [...], "skipped": [...]}."""
     every = expand(grid)
     chosen = {c.key for c in every if all(o in (c["model"], c["finetune"], c["dataset"], c["variant"]) for o in only)}
@@ -241,7 +241,7 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
         report["skipped"] = todo
         return report
     log_dir = log_dir or os.path.join("log", "experiments", grid["name"])
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     start, lock = time.time(), threading.Lock()
     blocked = set()  # cells that failed or were not started: fine-tuning cells of such an SFT cell are not started
 
@@ -296,6 +296,7 @@ def main(argv=None):
     parser.add_argument("--results_dir", default="results")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once")
     parser.add_argument("--time_budget", type=float, default=None, help="seconds; start no cell that would overrun")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per cell (default: cores // jobs)")
     parser.add_argument("--only", default="", help="comma-separated filter on model/method/dataset/variant")
     parser.add_argument("--dry_run", action="store_true", help="list the cells still to run, run nothing")
     args = parser.parse_args(argv)
@@ -304,7 +305,7 @@ def main(argv=None):
             raise ConfigError(f"--jobs={args.jobs} must be >= 1")
         grid = load_grid(args.grid)
         report = run_grid(grid, args.results_dir, args.jobs, args.time_budget, args.dry_run,
-                          tuple(o for o in args.only.split(",") if o))
+                          tuple(o for o in args.only.split(",") if o), threads=args.threads)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
