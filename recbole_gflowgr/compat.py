@@ -14,6 +14,8 @@ Imported first by ``recbole_gflowgr/__init__.py`` so that nothing else needs to 
   :func:`no_anomaly_detection` switches it off.
 * ``recbole.quick_start`` imports ray at import time: this package never imports it (see ``quick_start.py``).
 * ``Config`` reads ``--key=value`` from ``sys.argv``: :func:`argv` pins what it sees (see ``config.py``).
+* ``Collector.get_data_struct`` calls ``.cpu()`` on every collected value, but ItemCoverage / AveragePopularity /
+  TailPercentage make it collect an int and a Counter: :func:`collector_non_tensors` moves only tensors.
 """
 import contextlib
 import sys
@@ -110,3 +112,33 @@ def no_anomaly_detection():
 
 
 no_anomaly_detection()
+
+
+def collector_non_tensors():
+    """RecBole 1.2.1's evaluator crashes (``'int' object has no attribute 'cpu'``) on its own non-accuracy metrics
+    (``data.num_items`` is an int, ``data.count_items`` a Counter): move only tensors to the CPU before the
+    original method runs."""
+    import torch
+    from recbole.evaluator.collector import Collector
+
+    original = Collector.get_data_struct
+    if getattr(original, "_gflowgr", False):
+        return
+
+    def get_data_struct(self):
+        data = self.data_struct._data_dict
+        kept = {k: v for k, v in data.items() if not isinstance(v, torch.Tensor)}
+        for key in kept:
+            del data[key]
+        try:
+            returned = original(self)
+        finally:
+            data.update(kept)
+        returned._data_dict.update(kept)
+        return returned
+
+    get_data_struct._gflowgr = True
+    Collector.get_data_struct = get_data_struct
+
+
+collector_non_tensors()

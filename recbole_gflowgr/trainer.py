@@ -1,5 +1,7 @@
 """Trainer pieces shared by every model run through this package (RecBole's trainers and ours)."""
+import os
 import time
+import uuid
 
 from recbole.trainer import Trainer
 
@@ -12,7 +14,15 @@ class TrainerMixin:
     * RecBole 1.2.1 loads its own checkpoints with a bare ``torch.load``; under torch >= 2.6 that defaults to
       ``weights_only=True`` and fails on the pickled ``Config``. The two RecBole methods that load are wrapped.
     * Each training epoch's wall time is recorded (``epoch_times``) for the result row.
+    * Checkpoint file names get a random suffix (RecBole's are only unique to the second).
     """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        # RecBole names checkpoints <model>-<local time to the second>.pth: two runs started in the same second
+        # (a grid with --jobs, tests) would overwrite each other's file
+        stem, ext = os.path.splitext(self.saved_model_file)
+        self.saved_model_file = f"{stem}-{uuid.uuid4().hex[:6]}{ext}"
 
     def resume_checkpoint(self, resume_file):
         with trusted_checkpoints():

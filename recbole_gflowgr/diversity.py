@@ -1,0 +1,182 @@
+"""Diversity analysis (GFlowGR paper §4.5): SFT vs GFlowGR top-K lists on the test users.
+
+    python -m recbole_gflowgr.diversity --dataset=industrial-scientific --model=TIGER --methods=sft,gflowgr-tb
+                                        [--seed=42] [--results_dir=results] [--out=results/diversity] [--k=10]
+    python -m recbole_gflowgr.diversity --checkpoints=saved/a.pth,saved/b.pth   # any RecBole checkpoints of ours
+
+Per model (a checkpoint of a run; with --methods, that of the newest row of each method with that seed):
+
+* generation probabilities ``p = exp(log P(item ID | history))`` of the K generated items of every test user, pooled:
+  their std, and ``KL(P_hist || N)`` — the pooled values in 50 equal-width bins against a normal distribution with
+  the same mean and std, discretised on the same bins (lower: a smoother, less peaked generation distribution);
+* the collaborative model's normalised score (in [0, 1] per user, see collaborative.py) of the recommended items:
+  mean, range (max − min) and std;
+* RecBole's own ItemCoverage, AveragePopularity, GiniIndex and TailPercentage (``tail_ratio`` 0.1) @K, and the
+  accuracy metrics, from RecBole's evaluator on the same lists;
+* a PNG histogram of the pooled generation probabilities of all models.
+
+Writes ``<out>/<dataset>-<model>-seed<seed>.{json,md,png}``.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from recbole_gflowgr.compat import trusted_torch_load
+from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.results import read_rows
+
+DIVERSITY_METRICS = ["ItemCoverage", "AveragePopularity", "GiniIndex", "TailPercentage"]
+
+
+def kl_to_normal(values, bins=50):
+    """KL(histogram of ``values`` || normal with their mean and std, on the same bins); 0 for constant values."""
+    values = np.asarray(values, dtype=np.float64)
+    std = values.std()
+    if values.size < 2 or std == 0:
+        return 0.0
+    from scipy.stats import norm
+
+    counts, edges = np.histogram(values, bins=bins)
+    p = counts / counts.sum()
+    q = np.diff(norm.cdf(edges, loc=values.mean(), scale=std))
+    q = q / q.sum()
+    eps = 1e-12
+    return float(np.sum(p * (np.log(p + eps) - np.log(q + eps))))
+
+
+def load_run(path, k):
+    """(config, model, train_data, test_data) of a RecBole checkpoint of a TIGER/LETTER run, rebuilt from its
+    config; fine-tuning heads in the checkpoint are ignored."""
+    from recbole_gflowgr.quick_start import FINETUNE_HEADS, prepare_data
+    from recbole_gflowgr.registry import OUR_MODELS, get_model
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path} does not exist; run the model first (its row names its checkpoint)")
+    state = trusted_torch_load(path, map_location="cpu")
+    config = state["config"]
+    if config["model"] not in OUR_MODELS:
+        raise ConfigError(f"checkpoint {path} is a {config['model']} model; the analysis needs TIGER or LETTER")
+    config["metrics"] = list(dict.fromkeys(list(config["metrics"]) + DIVERSITY_METRICS))
+    config["topk"] = sorted(set(config["topk"]) | {k})
+    config["tail_ratio"] = config["tail_ratio"] or 0.1
+    config["device"] = torch.device("cpu")
+    config["show_progress"] = False
+    dataset, (train_data, _, test_data) = prepare_data(config)
+    model = get_model(config["model"])(config, train_data._dataset)
+    missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+    unexpected = [u for u in unexpected if not u.startswith(FINETUNE_HEADS)]
+    if missing or unexpected:
+        raise ConfigError(f"checkpoint {path} does not fit its own config (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]})")
+    return config, model.eval(), train_data, test_data
+
+
+@torch.no_grad()
+def analyse(path, k=10, scorer=None):
+    """The statistics of one checkpoint, plus the pooled generation probabilities under ``"probs"``."""
+    from recbole_gflowgr.collaborative import load_scorer
+    from recbole_gflowgr.registry import get_trainer
+
+    config, model, train_data, test_data = load_run(path, k)
+    if scorer is None:
+        scorer = load_scorer(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])),
+                             recbole_dataset=train_data._dataset)
+    probs, cm, users = [], [], 0
+    for interaction, _, _, _ in test_data:
+        users += len(interaction)
+        items, scores = model.beam_search(interaction)  # (B, beams) RecBole ids, log-probs, best first
+        items, scores = items[:, :k], scores[:, :k]  # (B, K)
+        valid = items > 0
+        probs.append(scores.exp()[valid])
+        cm_scores = scorer.score(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], items)  # (B, K)
+        cm.append(cm_scores[valid])
+    probs, cm = torch.cat(probs).numpy(), torch.cat(cm).numpy()
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"], config)(config, model)
+    trainer.eval_collector.data_collect(train_data)  # item counts for the popularity metrics
+    result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    suffix = f"@{k}"
+    stats = {"checkpoint": path, "model": config["model"], "finetune": config["finetune"], "seed": config["seed"],
+             "dataset": config["dataset"], "k": k, "n_lists": users,
+             "gen_prob_std": float(probs.std()), "gen_prob_mean": float(probs.mean()),
+             "kl_to_normal": kl_to_normal(probs), "cm_mean": float(cm.mean()),
+             "cm_range": float(cm.max() - cm.min()), "cm_std": float(cm.std())}
+    stats.update({name.lower(): float(v) for name, v in result.items() if name.endswith(suffix)})
+    stats["probs"] = probs
+    return stats
+
+
+def checkpoints_from_rows(results_dir, dataset, model, methods, seed):
+    """{method: checkpoint} of the newest row of each method (that has an existing checkpoint)."""
+    found = {}
+    for row in read_rows(results_dir):
+        if (row.get("dataset"), row.get("model"), row.get("seed")) == (dataset, model, seed) \
+                and row.get("finetune") in methods and row.get("checkpoint") and os.path.isfile(row["checkpoint"]):
+            found[row["finetune"]] = row["checkpoint"]
+    missing = [m for m in methods if m not in found]
+    if missing:
+        raise ConfigError(f"no row with an existing checkpoint in {results_dir}/ for {dataset} {model} seed {seed} "
+                          f"method(s) {missing}; run them first (e.g. python -m recbole_gflowgr.experiments)")
+    return [found[m] for m in methods]
+
+
+def report(all_stats, out_dir, name):
+    """Writes <name>.json, <name>.md and <name>.png under ``out_dir``; returns the markdown table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    keys = [k for k in all_stats[0] if k not in ("probs", "checkpoint", "model", "dataset", "k", "seed", "finetune")]
+    lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {s['finetune']} | " + " | ".join(f"{s[k]:.4g}" for k in keys) + " |" for s in all_stats]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    top = max(float(s["probs"].max()) for s in all_stats)
+    for s in all_stats:
+        ax.hist(s["probs"], bins=50, range=(0, top), alpha=0.5, label=f"{s['model']} {s['finetune']}")
+    ax.set_xlabel(f"generation probability of the top-{all_stats[0]['k']} items")
+    ax.set_ylabel("count")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=120)
+    plt.close(fig)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump([{k: v for k, v in s.items() if k != "probs"} for s in all_stats], f, indent=1)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoints", default="", help="comma-separated checkpoints (instead of rows)")
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--model", default="TIGER")
+    parser.add_argument("--methods", default="sft,gflowgr-tb")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--results_dir", default="results")
+    parser.add_argument("--out", default=None, help="output folder (default: <results_dir>/diversity)")
+    args = parser.parse_args(argv)
+    try:
+        if args.checkpoints:
+            paths = [p for p in args.checkpoints.split(",") if p]
+        elif args.dataset:
+            paths = checkpoints_from_rows(args.results_dir, args.dataset, args.model,
+                                          [m for m in args.methods.split(",") if m], args.seed)
+        else:
+            raise ConfigError("give --dataset (with --model/--methods/--seed) or --checkpoints")
+        all_stats = [analyse(p, args.k) for p in paths]
+        name = f"{all_stats[0]['dataset']}-{all_stats[0]['model']}-seed{all_stats[0]['seed']}"
+        print(report(all_stats, args.out or os.path.join(args.results_dir, "diversity"), name))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
