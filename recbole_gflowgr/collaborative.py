@@ -21,6 +21,7 @@ import torch
 
 from recbole_gflowgr.compat import trusted_torch_load
 from recbole_gflowgr.config import PROPERTIES
+from recbole_gflowgr.utils import take_pid_file
 
 CM_CONFIG = os.path.join(PROPERTIES, "collaborative.yaml")
 
@@ -40,44 +41,18 @@ def cache_path(config):
     return os.path.join(folder, f"{config['dataset']}-SASRec-{config_hash(plain_config(config))}.pth")
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def training_lock(path, poll_s=10.0):
     """One process trains a given cache entry; others wait for it (``<path>.lock`` holds the trainer's pid; a lock
     whose process is gone is taken over)."""
     lock = path + ".lock"
-    os.makedirs(os.path.dirname(lock), exist_ok=True)
     announced = False
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                with open(lock) as f:
-                    pid = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _pid_alive(pid):
-                if not announced:
-                    getLogger().info(f"waiting for process {pid}, which is training {path}")
-                    announced = True
-                time.sleep(poll_s)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(lock)
+    while (owner := take_pid_file(lock)) != 0:
+        if not announced:
+            getLogger().info(f"waiting for process {owner}, which is training {path}")
+            announced = True
+        time.sleep(poll_s)
     try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from recbole_gflowgr.data.registry import REPO_ROOT
 from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.results import read_rows
+from recbole_gflowgr.utils import take_pid_file
 
 GRID_KEYS = {"name", "datasets", "models", "finetunes", "baselines", "seeds", "config_files", "config", "variants",
              "sweep"}
@@ -182,28 +183,7 @@ def run_cell(cell, results_dir, log_dir, threads):
 def claim(cell, results_dir):
     """Mark ``cell`` as running in this process (``<results_dir>/.running/<key>.pid``); False if a live process
     already runs it (two runner commands on one grid share the work instead of repeating it)."""
-    from recbole_gflowgr.collaborative import _pid_alive
-
-    folder = os.path.join(results_dir, ".running")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{cell.key}.pid")
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    pid = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
-                return False
-            os.remove(path)  # left by a process that is gone
-            continue
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        return True
-    return False
+    return take_pid_file(os.path.join(results_dir, ".running", f"{cell.key}.pid")) == 0
 
 
 def release(cell, results_dir):
