@@ -15,3 +15,7 @@ class DatasetError(GFlowGRError):
 
 class ConfigError(GFlowGRError):
     """A config key has an impossible or unknown value."""
+
+
+class TrainingError(GFlowGRError):
+    """Training diverged (a non-finite loss or log Z): the run stops, its last good checkpoints are kept."""

@@ -12,7 +12,7 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_gflowgr.compat import trusted_torch_load
+from recbole_gflowgr.resume import read_checkpoint
 from recbole_gflowgr.config import Config
 from recbole_gflowgr.data import prepare_dataset
 from recbole_gflowgr.errors import ConfigError
@@ -78,7 +78,7 @@ def load_pretrained(model, path, config):
     if not os.path.isfile(path):
         raise ConfigError(f"pretrained_checkpoint={path} does not exist; give a checkpoint written by an SFT run "
                           "(saved/...) or leave the key empty to train SFT first")
-    state = trusted_torch_load(path, map_location=config["device"])
+    state = read_checkpoint(path, f"pretrained_checkpoint={path}", "give a checkpoint written by an SFT run (saved/...)")
     other = state.get("config")
     if other is not None and (other["model"], other["dataset"]) != (config["model"], config["dataset"]):
         raise ConfigError(f"pretrained_checkpoint={path} is a {other['model']} model of dataset '{other['dataset']}', "
@@ -132,6 +132,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         logger.info(f"fine-tuning ({config['finetune']}) starts from {pretrained}")
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"], config)(config, model)
+    if config["resume"]:
+        trainer.resume_last()  # resume.py: continue from this run's last checkpoint, if any
 
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved,
                                                       show_progress=config["show_progress"])
@@ -157,4 +159,5 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         row["export"] = export_checkpoint(model, config, dataset, export_path(trainer.saved_model_file))
     path = append_row(row, config["results_dir"])
     logger.info(f"result row appended to {path}")
+    trainer.discard_last()  # the row is written: nothing left to resume
     return row

@@ -14,7 +14,8 @@ METRIC_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 VOLATILE_KEYS = {"seed", "data_path", "checkpoint_dir", "results_dir", "show_progress", "gpu_id", "device", "state",
                  "log_wandb", "wandb_project", "worker", "source_path", "local_rank", "single_spec", "use_gpu",
                  "nproc", "world_size", "ip", "port", "offset", "tokenizer_dir", "pretrained_checkpoint",
-                 "experiment", "experiment_cell", "experiment_variant"}
+                 "experiment", "experiment_cell", "experiment_variant",
+                 "resume", "gflowgr_logz_bound"}  # resume.py, numerics.py: how a run continues / is monitored
 TAG_KEYS = ("experiment", "experiment_cell", "experiment_variant")  # copied from the config into the row
 
 

@@ -6,15 +6,19 @@ import uuid
 from recbole.trainer import Trainer
 
 from recbole_gflowgr.compat import trusted_checkpoints
+from recbole_gflowgr.numerics import NumericsMixin
+from recbole_gflowgr.resume import ResumeMixin
 
 
-class TrainerMixin:
+class TrainerMixin(ResumeMixin, NumericsMixin):
     """Put in front of any RecBole trainer class:
 
     * RecBole 1.2.1 loads its own checkpoints with a bare ``torch.load``; under torch >= 2.6 that defaults to
       ``weights_only=True`` and fails on the pickled ``Config``. The two RecBole methods that load are wrapped.
     * Each training epoch's wall time is recorded (``epoch_times``) for the result row.
     * Checkpoint file names get a random suffix (RecBole's are only unique to the second).
+    * Atomic checkpoints, a last checkpoint per epoch and ``--resume`` (``resume.py``); a clear error on a
+      non-finite loss (``numerics.py``).
     """
 
     def __init__(self, config, model):

@@ -36,6 +36,9 @@ def _read_json(path, what, dataset):
             seen[key] = value
         return seen
 
+    if os.path.getsize(path) == 0:
+        raise DatasetError(f"dataset '{dataset}': {what} file {path} is empty; re-export it (LETTER json format, "
+                           f"see README 'Datasets')")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f, object_pairs_hook=no_duplicates)
@@ -48,6 +51,8 @@ def _read_json(path, what, dataset):
 
 
 def _text(value):
+    if value is None:  # JSON null: no text (an item needs some text in one of its fields, see tokenizer/)
+        return ""
     if isinstance(value, (list, tuple)):
         value = ", ".join(_text(v) for v in value)
     return " ".join(str(value).split())  # tabs/newlines would break the atomic file
@@ -61,8 +66,8 @@ def _load_letter(spec):
     if not isinstance(inter, dict) or not inter:
         raise DatasetError(f"dataset '{spec.name}': {inter_path} must be a non-empty object "
                            "{user_id: [item_id, ...]}")
-    if not isinstance(items, dict) or not all(isinstance(v, dict) for v in items.values()):
-        raise DatasetError(f"dataset '{spec.name}': {item_path} must be an object {{item_id: {{field: text}}}}")
+    if not isinstance(items, dict) or not items or not all(isinstance(v, dict) for v in items.values()):
+        raise DatasetError(f"dataset '{spec.name}': {item_path} must be a non-empty object {{item_id: {{field: text}}}}")
     sequences = {}
     for user, seq in inter.items():
         if not isinstance(seq, list) or not all(isinstance(i, (int, str)) for i in seq):

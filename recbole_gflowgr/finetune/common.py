@@ -26,6 +26,7 @@ from recbole_gflowgr.finetune.gflowgr.reward import comprehensive_reward
 from recbole_gflowgr.model.beam_search import (
     _GroupedT5Stepper, _level_logits, constrained_beam_search, constrained_log_softmax, encode, sequence_log_probs,
 )
+from recbole_gflowgr.resume import preserved_rng
 from recbole_gflowgr.trainer import GRTrainer
 
 REWARDS = ("comprehensive", "hit")
@@ -177,9 +178,10 @@ def ensure_scorer(trainer, train_data):
         from recbole_gflowgr.collaborative import load_scorer
 
         config = trainer.config
-        scorer = load_scorer(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])),
-                             trainer.device, config_dict=config["collaborative_args"],
-                             recbole_dataset=train_data._dataset)
+        with preserved_rng():  # its random init must not shift the training stream (a resumed run loads it later)
+            scorer = load_scorer(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])),
+                                 trainer.device, config_dict=config["collaborative_args"],
+                                 recbole_dataset=train_data._dataset)
         if scorer.n_items != trainer.model.n_items:
             raise ConfigError(f"the collaborative model has {scorer.n_items} items, the dataset "
                               f"{trainer.model.n_items}: delete its cache under {config['checkpoint_dir']}/collaborative")

@@ -18,6 +18,7 @@ from recbole_gflowgr.finetune.gflowgr.reward import comprehensive_reward
 from recbole_gflowgr.finetune.gflowgr.sampler import AdaptiveSampler
 from recbole_gflowgr.finetune.gflowgr.weights import uncertainty_weights
 from recbole_gflowgr.model.beam_search import sequence_log_probs
+from recbole_gflowgr.numerics import check_log_z
 from recbole_gflowgr.trainer import GRTrainer
 
 
@@ -66,8 +67,10 @@ class GFlowGRTrainer(GRTrainer):
 
     # ----- per batch ---------------------------------------------------------------------------------------------
     def curriculum_progress(self):
-        done = self.epoch_idx - self.start_epoch + self.batch_idx / max(1, self.n_batches)
-        return min(1.0, done / max(1, self.epochs - self.start_epoch))
+        """Fraction of fine-tuning done, over all ``epochs`` from epoch 0: a function of (epoch, batch) only, so a
+        resumed run (``resume.py``) continues the curriculum where it stopped."""
+        done = self.epoch_idx + self.batch_idx / max(1, self.n_batches)
+        return min(1.0, done / max(1, self.epochs))
 
     def gflowgr_loss(self, interaction):
         """(L_SFT, lambda * L_GFN) for one batch; RecBole sums the tuple and logs both parts."""
@@ -109,6 +112,7 @@ class GFlowGRTrainer(GRTrainer):
             log_z = heads.log_z(enc, mask)  # (B,)
             per_traj = trajectory_balance(log_z.repeat_interleave(K), log_pf.reshape(B * K, L), log_r.reshape(-1))
             self.stats["log_z"] += float(log_z.detach().mean())
+            check_log_z(self, log_z)  # non-finite: stop with a clear error; beyond gflowgr_logz_bound: warn
         else:
             log_f = heads.log_flow(hidden).reshape(B * K, L)  # (B*K, L)
             if self.flow_loss == "db":
@@ -117,6 +121,7 @@ class GFlowGRTrainer(GRTrainer):
                 per_traj = subtrajectory_balance(log_f, log_pf.reshape(B * K, L), log_r.reshape(-1),
                                                  lamda=cfg["gflowgr_subtb_lambda"])
             self.stats["log_z"] += float(log_f[:, 0].detach().mean())  # log F(s_0) = log Z
+            check_log_z(self, log_f[:, 0])
         gfn = (weights.reshape(-1) * per_traj).mean()
         self.stats["reward"] += float(reward.mean())
         self.stats["weight"] += float(weights.mean())
