@@ -218,8 +218,8 @@ class ResumeMixin:
                               "over") from None
         if extra is None:  # a plain RecBole checkpoint: RecBole's own resume only
             return
-        best = extra["best_file"]
-        if best and not os.path.isfile(best):
+        best = extra["best_file"]  # not written yet if no validation had run
+        if best and not os.path.isfile(best) and extra["best_valid_result"] is not None:
             raise ConfigError(f"resume: cannot resume from {resume_file}: its best checkpoint {best} is missing; delete "
                               f"{resume_file} to start the run over")
         self.saved_model_file = best or self.saved_model_file

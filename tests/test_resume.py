@@ -75,9 +75,10 @@ def assert_same_state(a, b):
         assert torch.equal(ra["generator"], rb["generator"])
 
 
-@pytest.mark.parametrize("method", ["sft", "gflowgr-tb"])
-def test_killed_run_resumes_to_the_uninterrupted_result(monkeypatch, method):
-    args = ["--model=TIGER", f"--finetune={method}"] + patch_gr(monkeypatch) + with_args(TINY_GR, EPOCHS)
+@pytest.mark.parametrize("method,extra", [("sft", []), ("gflowgr-tb", []), ("grpo", []),
+                                          ("sft", ["--eval_step=2"])])  # epoch 0 unvalidated: saved when 1 starts
+def test_killed_run_resumes_to_the_uninterrupted_result(monkeypatch, method, extra):
+    args = ["--model=TIGER", f"--finetune={method}"] + patch_gr(monkeypatch) + with_args(TINY_GR, EPOCHS + extra)
     keep_last(monkeypatch)
     assert run_recbole_gflowgr.main(args + ["--checkpoint_dir=whole"]) == 0
     whole = rows()[-1]
@@ -226,3 +227,17 @@ def test_a_corrupt_last_checkpoint_is_a_clear_error(monkeypatch, capsys):
     assert err.startswith(f"error: resume: the last checkpoint {path} is not a readable checkpoint")
     assert err.endswith("delete it to start the run over") and "\n" not in err
     assert not os.path.exists("res")
+
+
+def test_a_missing_best_checkpoint_is_a_clear_error(monkeypatch, capsys):
+    args = ["--model=TIGER"] + patch_gr(monkeypatch) + with_args(TINY_GR, EPOCHS)
+    with monkeypatch.context() as m:
+        kill_in_epoch(m, 1)
+        with pytest.raises(Killed):
+            run_recbole_gflowgr.main(args)
+    last = last_file("saved")
+    os.remove(load(last)["resume"]["best_file"])
+    assert run_recbole_gflowgr.main(args + ["--resume=True"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: resume: cannot resume from {last}: its best checkpoint saved/TIGER-")
+    assert err.endswith(f"is missing; delete {last} to start the run over") and not os.path.exists("res")
