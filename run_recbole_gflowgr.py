@@ -15,6 +15,7 @@ def main(argv=None):
     parser.add_argument("--dataset", "-d", default=None, help="amazon-beauty, yelp, industrial-scientific, ml-100k")
     parser.add_argument("--config_files", default=None, help="yaml files, separated by spaces or commas")
     args, rest = parser.parse_known_args(argv)
+    rest = ["--resume=True" if a == "--resume" else a for a in rest]  # the bare flag (README "Resume")
     bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
     if bad:
         parser.error(f"unrecognised argument(s) {' '.join(bad)}: config keys are given as --key=value")

@@ -37,8 +37,10 @@ def diverged(trainer, what, fix):
     if tuned:
         run += f", finetune={config['finetune']}"
     lr = "finetune_learning_rate" if tuned else "learning_rate"
-    return TrainingError(f"{what} in epoch {getattr(trainer, 'current_epoch', '?')} ({run}): training stopped; "
-                         f"{_kept(trainer)}; fix: lower {lr}{fix} or set clip_grad_norm, then rerun")
+    error = TrainingError(f"{what} in epoch {getattr(trainer, 'current_epoch', '?')} ({run}): training stopped; "
+                          f"{_kept(trainer)}; fix: lower {lr}{fix} or set clip_grad_norm, then rerun")
+    trainer.logger.error(str(error))  # in the run's log too, not only on the CLI's stderr
+    return error
 
 
 class NumericsMixin:

@@ -67,10 +67,13 @@ def test_reward_exponent_that_overflows_the_reward_keeps_log_reward_and_losses_f
 
 class _Logger:
     def __init__(self):
-        self.warnings = []
+        self.warnings, self.errors = [], []
 
     def warning(self, message):
         self.warnings.append(message)
+
+    def error(self, message):
+        self.errors.append(message)
 
 
 def fake_trainer(bound=100.0, epoch=3):
@@ -94,7 +97,7 @@ def test_log_z_beyond_the_bound_warns_once_per_epoch_and_non_finite_stops():
             check_log_z(trainer, torch.tensor([0.0, bad]))
         message = str(err.value)
         assert "log Z is" in message and "epoch 4" in message and "gflowgr_logz_lr" in message
-        assert "finetune=gflowgr-tb" in message and "\n" not in message
+        assert "finetune=gflowgr-tb" in message and "\n" not in message and trainer.logger.errors[-1] == message
 
 
 def nan_from_epoch(monkeypatch, epoch, target):

@@ -127,8 +127,8 @@ def test_resume_after_training_ended_only_evaluates_the_best_checkpoint(monkeypa
 
 def test_resume_without_a_checkpoint_starts_from_scratch(monkeypatch):
     args = ["--model=TIGER"] + patch_gr(monkeypatch) + TINY_GR
-    assert run_recbole_gflowgr.main(args + ["--resume=True"]) == 0
-    assert rows()[0]["epochs"] == 1 and not glob.glob("saved/*-last.pth")
+    assert run_recbole_gflowgr.main(args + ["--resume"]) == 0  # the bare flag = --resume=True
+    assert rows()[0]["epochs"] == 1 and rows()[0]["config"]["resume"] is True and not glob.glob("saved/*-last.pth")
 
 
 DRIVER = """
