@@ -48,16 +48,23 @@ def run_id(config):
     return f"{config['model']}-{config['dataset']}-{finetune}-seed{config['seed']}-{config_hash(plain)}"
 
 
-def atomic_save(state, path):
-    """``torch.save`` through ``<path>.tmp<pid>`` and ``os.replace``: readers see the old file or the new one."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yield ``<path>.tmp<pid>`` to write; on success it replaces ``path`` (``os.replace``), on any error it is
+    deleted: readers see the old file or the new one, never a truncated one."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        torch.save(state, tmp, pickle_protocol=4)
+        yield tmp
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+def atomic_save(state, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp, pickle_protocol=4)
 
 
 def _reason(error):
@@ -131,13 +138,8 @@ class ResumeMixin:
             return super()._save_checkpoint(epoch, *args, **kwargs)
         verbose = kwargs.pop("verbose", args[0] if args else True)
         target = kwargs.pop("saved_model_file", self.saved_model_file)
-        tmp = f"{target}.tmp{os.getpid()}"
-        try:
+        with atomic_file(target) as tmp:
             super()._save_checkpoint(epoch, verbose=False, saved_model_file=tmp, **kwargs)
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {target}")
 
