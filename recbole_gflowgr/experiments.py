@@ -4,7 +4,8 @@
                                           [--time_budget=540] [--only=TIGER,gflowgr-tb]
 
 Each cell is one ``run_recbole_gflowgr.py`` process whose result row carries the cell's key (``experiment_cell``),
-so a cell whose row is already in ``results/`` is skipped: re-running the command resumes the grid. Cells run in
+so a cell whose row is already in ``results/`` is skipped: re-running the command resumes the grid, and a cell
+that was cut off continues from its last checkpoint (``--resume``, see resume.py). Cells run in
 dependency order (a backbone's ``sft`` cells before its fine-tuning cells; the collaborative SASRec and the SFT
 checkpoint are trained once and shared through their caches and locks). ``--jobs`` runs several cells at once
 (small models share one GPU; on CPU each job gets cores // jobs threads). ``--time_budget`` (seconds) starts no cell
@@ -145,7 +146,7 @@ def done_cells(results_dir):
 def command(cell, cell_yaml):
     args = [sys.executable, os.path.join(REPO_ROOT, "run_recbole_gflowgr.py"), f"--model={cell['model']}",
             f"--dataset={cell['dataset']}", f"--seed={cell['seed']}", f"--experiment={cell['grid']}",
-            f"--experiment_cell={cell.key}", "--show_progress=False"]
+            f"--experiment_cell={cell.key}", "--show_progress=False", "--resume=True"]  # a cut-off cell continues
     if cell["model"] in OUR_MODELS:
         args.append(f"--finetune={cell['finetune']}")
     if cell["variant"]:
