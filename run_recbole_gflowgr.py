@@ -29,6 +29,9 @@ def main(argv=None):
     except GFlowGRError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if row is None:  # a machine of a multi-node run without global rank 0: that machine writes the row
+        print("done: the result row is written by the machine of global rank 0 (offset=0)")
+        return 0
     print("test:", " ".join(f"{k}={v:.4f}" for k, v in row["test"].items()), f"wall_s={row['wall_s']}")
     return 0
 

@@ -61,6 +61,16 @@ class Config(RecBoleConfig):
                 if path == dataset_file:
                     self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
 
+    def _init_device(self):
+        """RecBole's, except that a process of a multi-process run without a usable GPU joins a gloo group on the
+        CPU (RecBole hardcodes NCCL and CUDA; see ``distributed.py``)."""
+        from recbole_gflowgr import distributed
+
+        if "local_rank" in self.final_config_dict and not distributed.uses_gpu(self.final_config_dict):
+            distributed.join_cpu_group(self, super()._init_device)
+        else:
+            super()._init_device()
+
     def _set_default_parameters(self):
         super()._set_default_parameters()
         # RecBole points ml-100k at its bundled example; ours is converted under data_path like every dataset.

@@ -13,6 +13,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_gflowgr.resume import read_checkpoint
+from recbole_gflowgr import distributed
 from recbole_gflowgr.config import Config
 from recbole_gflowgr.data import prepare_dataset
 from recbole_gflowgr.errors import ConfigError
@@ -116,6 +117,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
             config["model"], config["dataset"], config_file_list, config_dict, cmd_args)
         config["epochs"] = config["finetune_epochs"]
         config["learning_rate"] = config["finetune_learning_rate"]
+    if distributed.launching(config):  # --nproc > 1 or a world_size: start the processes, each runs this run()
+        return distributed.launch(run, config, model, dataset, config_file_list, config_dict, cmd_args, saved, pretrained)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -131,7 +134,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         load_pretrained(model, pretrained, config)
         logger.info(f"fine-tuning ({config['finetune']}) starts from {pretrained}")
     logger.info(model)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"], config)(config, model)
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"], config)
+    trainer = distributed.trainer_class(trainer_class, config)(config, model)
     if config["resume"]:
         trainer.resume_last()  # resume.py: continue from this run's last checkpoint, if any
 
@@ -140,6 +144,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    if not distributed.is_main(config):  # one process of a multi-process run: global rank 0 writes the results
+        return None
 
     finetune = config["finetune"] if config["model"] in OUR_MODELS else "none"
     row = make_row(config, finetune, best_valid_result, test_result, time.time() - start, commit,

@@ -39,6 +39,10 @@ class FakeScorer:
         return scores if candidates is None else scores.gather(1, candidates)
 
 
+def fake_load_scorer(dataset, data_path="dataset", device="cpu", config_dict=None, recbole_dataset=None):
+    return FakeScorer(recbole_dataset.item_num)
+
+
 def with_args(base, extra):
     """``base`` --key=value list with the keys of ``extra`` replaced."""
     keys = {a.split("=", 1)[0] for a in extra}
@@ -51,8 +55,6 @@ def patch_gr(monkeypatch):
     import recbole_gflowgr.model.tiger as tiger
 
     monkeypatch.setattr(tiger, "fetch_semantic_ids", fake_semantic_ids)
-    monkeypatch.setattr(collaborative, "load_scorer",
-                        lambda dataset, data_path="dataset", device="cpu", config_dict=None, recbole_dataset=None:
-                        FakeScorer(recbole_dataset.item_num))
+    monkeypatch.setattr(collaborative, "load_scorer", fake_load_scorer)
     src, _, _ = tiny_letter(n_users=60, n_items=30, seq_len=7)
     return [f"--source_path={src}", "--dataset=tiny"]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import clip_grad_norm_
 
+from recbole_gflowgr import distributed
 from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.finetune.gflowgr.reward import comprehensive_reward
 from recbole_gflowgr.model.beam_search import (
@@ -218,10 +219,10 @@ def clipped_surrogate(logp, old_logp, advantages, clip):
 def optimisation_steps(trainer, loss_fn, n):
     """Several optimiser updates on one rollout: takes ``n - 1`` steps on ``sum(loss_fn())`` here (zero grad,
     backward, RecBole's gradient clipping, step) and returns a fresh ``loss_fn()`` for RecBole's loop to take the
-    last one."""
+    last one (in a multi-process run each backward all-reduces the gradients, ``distributed.backward``)."""
     for _ in range(n - 1):
         trainer.optimizer.zero_grad()
-        sum(loss_fn()).backward()
+        distributed.backward(trainer, sum(loss_fn()))
         if trainer.clip_grad_norm:
             clip_grad_norm_(trainer.model.parameters(), **trainer.clip_grad_norm)
         trainer.optimizer.step()
