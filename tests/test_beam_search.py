@@ -149,6 +149,36 @@ def test_gradients_flow_through_sequence_log_probs(setup):
     assert sequence_log_probs(model, ids, mask, trie, targets[:, 0]).shape == (4,)
 
 
+def test_shared_cross_attention_equals_repeated_encoder_states_in_train_mode(setup):
+    """Cross-attention K/V projected once per user (sequence_log_probs) = the plain decoder on M copies of the
+    encoder states: same states and same gradients, with dropout on (same RNG draws)."""
+    model, trie, ids, mask = setup
+    model.train()
+    targets = torch.tensor([[0, 5, 6], [1, 2, 3], [4, 10, 11], [7, 8, 9]])  # (B, M=3)
+    enc = encode(model, ids, mask)
+
+    def plain():
+        tokens = trie.codes[targets.reshape(-1)]  # (B*M, L)
+        dec_in = torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)
+        return model.get_decoder()(input_ids=dec_in, encoder_hidden_states=enc.repeat_interleave(3, dim=0),
+                                   encoder_attention_mask=mask.repeat_interleave(3, dim=0),
+                                   use_cache=False).last_hidden_state.view(4, 3, trie.L, -1)
+
+    def shared():
+        return sequence_log_probs(model, None, mask, trie, targets, encoder_outputs=enc, return_hidden=True)[1]
+
+    grads = []
+    for run in (plain, shared):
+        model.zero_grad()
+        torch.manual_seed(7)
+        hidden = run()
+        hidden.pow(2).sum().backward(retain_graph=True)
+        grads.append((hidden.detach(), model.get_decoder().block[0].layer[1].EncDecAttention.k.weight.grad.clone(),
+                      model.get_encoder().block[0].layer[0].SelfAttention.q.weight.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_beam_size_validation(setup):
     model, trie, ids, mask = setup
     with pytest.raises(ValueError):

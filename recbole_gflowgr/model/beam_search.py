@@ -329,6 +329,28 @@ def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTr
     return items, scores
 
 
+def _shared_encoder_decode(model, dec_in, enc, attention_mask, M):
+    """Decoder states (B*M, L, d) of M teacher-forced sequences per user. The cross-attention keys/values of each
+    layer are projected once per user (B, H, S, d_kv) and repeated for the M sequences through a pre-filled HF
+    ``EncoderDecoderCache``, instead of being projected again for every copy of the encoder states; the same
+    computation and gradients (train mode included: T5 has no dropout on the key/value side)."""
+    decoder = model.get_decoder()
+    mask = attention_mask.repeat_interleave(M, dim=0) if attention_mask is not None else None
+    cache = None
+    if M > 1:
+        config = decoder.config
+        cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        B, S, _ = enc.shape
+        for i, block in enumerate(decoder.block):
+            att = block.layer[1].EncDecAttention
+            k = att.k(enc).view(B, S, att.n_heads, att.key_value_proj_dim).transpose(1, 2)  # (B, H, S, dk)
+            v = att.v(enc).view(B, S, att.n_heads, att.key_value_proj_dim).transpose(1, 2)  # (B, H, S, dk)
+            cache.cross_attention_cache.update(k.repeat_interleave(M, dim=0), v.repeat_interleave(M, dim=0), i)
+            cache.is_updated[i] = True
+    return decoder(input_ids=dec_in, encoder_hidden_states=enc.repeat_interleave(M, dim=0),
+                   encoder_attention_mask=mask, past_key_values=cache, use_cache=cache is not None).last_hidden_state
+
+
 def sequence_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, target_items: torch.Tensor,
                        encoder_outputs=None, return_steps: bool = False, return_hidden: bool = False):
     """Teacher-forced constrained log-probability of M candidate items per user (differentiable).
@@ -348,7 +370,8 @@ def sequence_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, t
     Returns:
         log_probs (B, M); with extras a tuple ``(log_probs, steps?, hidden?)`` in that order.
 
-    The encoder runs once per user; its states are repeated for the user's M candidates.
+    The encoder runs once per user, and each decoder layer's cross-attention keys/values once per user; they are
+    repeated for the user's M candidates.
     """
     squeeze = target_items.dim() == 1
     targets = target_items.unsqueeze(1) if squeeze else target_items  # (B, M)
@@ -361,12 +384,7 @@ def sequence_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, t
     nodes = trie.item_nodes[safe]  # (B*M, L)
     start = tokens.new_full((B * M, 1), model.config.decoder_start_token_id)
     dec_in = torch.cat([start, tokens[:, :-1]], dim=1)  # (B*M, L)
-    hidden = model.get_decoder()(
-        input_ids=dec_in,
-        encoder_hidden_states=enc.repeat_interleave(M, dim=0),
-        encoder_attention_mask=attention_mask.repeat_interleave(M, dim=0) if attention_mask is not None else None,
-        use_cache=False,
-    ).last_hidden_state  # (B*M, L, d)
+    hidden = _shared_encoder_decode(model, dec_in, enc, attention_mask, M)  # (B*M, L, d)
 
     steps = []
     for t in range(L):

@@ -73,10 +73,12 @@ class GFlowGRTrainer(GRTrainer):
         return min(1.0, done / max(1, self.epochs))
 
     def gflowgr_loss(self, interaction):
-        """(L_SFT, lambda * L_GFN) for one batch; RecBole sums the tuple and logs both parts."""
-        model = self.model
-        ids, mask = model.encoder_inputs(interaction)
-        enc = model.t5.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, S, d)
+        """(L_SFT, lambda * L_GFN) for one batch; RecBole sums the tuple and logs both parts.
+
+        Sampling, rewards and weights are computed for the whole batch; the encoder and decoder run per history-
+        length group (the model's ``length_groups``, as SFT does), so short histories are not padded to the longest
+        one. The losses are the batch means, as without groups."""
+        model, cfg = self.model, self.config
         pos = interaction[model.POS_ITEM_ID]  # (B,)
         item_seq, item_len = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
 
@@ -88,42 +90,54 @@ class GFlowGRTrainer(GRTrainer):
         aug = self.sampler.sample(scores, exclude, self.curriculum_progress(), self.generator)  # (B, N)
         items = torch.cat([pos.unsqueeze(1), aug], dim=1)  # (B, 1+N) RecBole ids, positive first
 
-        log_pf, hidden = sequence_log_probs(model.t5, None, mask, model.trie, items - 1, encoder_outputs=enc,
-                                            return_steps=True, return_hidden=True)[1:]  # (B,1+N,L), (B,1+N,L,d)
-        # SFT (Eq. 1) on the positive, from the same decoder pass: full-vocabulary next-token cross-entropy
-        labels = model.target_tokens(pos)  # (B, L)
-        logits = model.token_logits(hidden[:, 0])  # (B, L, V)
-        sft = F.cross_entropy((logits / model.temperature).flatten(0, 1), labels.flatten(), reduction="none")
-        sft = sft.view(labels.shape).sum(1).mean()
-
         is_pos = torch.zeros_like(items, dtype=torch.bool)
         is_pos[:, 0] = True
         codes = model.target_tokens(items)  # (B, 1+N, L)
-        cfg = self.config
         reward, log_r, parts = comprehensive_reward(
             is_pos, scores.gather(1, items), codes, codes[:, 0], use_aug=cfg["gflowgr_reward_aug"],
             use_cm=cfg["gflowgr_reward_cm"], use_tok=cfg["gflowgr_reward_tok"], eps=cfg["gflowgr_reward_eps"],
             exponent=cfg["gflowgr_reward_exponent"])  # (B, 1+N) each
         weights = uncertainty_weights(parts["aug"], parts["cm"], enabled=cfg["gflowgr_weights"])  # (B, 1+N)
 
-        B, K, L = log_pf.shape
-        heads = model.gflow_heads
-        if self.flow_loss == "tb":
-            log_z = heads.log_z(enc, mask)  # (B,)
-            per_traj = trajectory_balance(log_z.repeat_interleave(K), log_pf.reshape(B * K, L), log_r.reshape(-1))
-            self.stats["log_z"] += float(log_z.detach().mean())
-            check_log_z(self, log_z)  # non-finite: stop with a clear error; beyond gflowgr_logz_bound: warn
-        else:
-            log_f = heads.log_flow(hidden).reshape(B * K, L)  # (B*K, L)
-            if self.flow_loss == "db":
-                per_traj = detailed_balance(log_f, log_pf.reshape(B * K, L), log_r.reshape(-1))
-            else:
-                per_traj = subtrajectory_balance(log_f, log_pf.reshape(B * K, L), log_r.reshape(-1),
-                                                 lamda=cfg["gflowgr_subtb_lambda"])
-            self.stats["log_z"] += float(log_f[:, 0].detach().mean())  # log F(s_0) = log Z
-            check_log_z(self, log_f[:, 0])
-        gfn = (weights.reshape(-1) * per_traj).mean()
+        B, K = items.shape
+        sft_sum, gfn_sum, log_z_sum = 0.0, 0.0, 0.0
+        for rows in model.length_groups(interaction):
+            rows = torch.arange(B, device=items.device) if rows is None else rows  # (G,)
+            sft, per_traj, log_z = self._group_losses(interaction, rows, items[rows], log_r[rows])
+            sft_sum = sft_sum + sft.sum()
+            gfn_sum = gfn_sum + (weights[rows] * per_traj).sum()
+            log_z_sum += float(log_z.detach().sum())
+        self.stats["log_z"] += log_z_sum / B
         self.stats["reward"] += float(reward.mean())
         self.stats["weight"] += float(weights.mean())
         self.batch_idx += 1
-        return sft, self.lamda * gfn
+        return sft_sum / B, self.lamda * gfn_sum / (B * K)
+
+    def _group_losses(self, interaction, rows, items, log_r):
+        """Per-example SFT loss (G,), per-trajectory flow loss (G, 1+N) and log Z (G,) of the rows ``rows``."""
+        model = self.model
+        ids, mask = model.encoder_inputs(interaction, rows)  # (G, S) trimmed to the group's longest history
+        enc = model.t5.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # (G, S, d)
+        log_pf, hidden = sequence_log_probs(model.t5, None, mask, model.trie, items - 1, encoder_outputs=enc,
+                                            return_steps=True, return_hidden=True)[1:]  # (G,1+N,L), (G,1+N,L,d)
+        # SFT (Eq. 1) on the positive, from the same decoder pass: full-vocabulary next-token cross-entropy
+        labels = model.target_tokens(items[:, 0])  # (G, L)
+        logits = model.token_logits(hidden[:, 0])  # (G, L, V)
+        sft = F.cross_entropy((logits / model.temperature).flatten(0, 1), labels.flatten(), reduction="none")
+        sft = sft.view(labels.shape).sum(1)  # (G,)
+
+        G, K, L = log_pf.shape
+        heads = model.gflow_heads
+        if self.flow_loss == "tb":
+            log_z = heads.log_z(enc, mask)  # (G,)
+            per_traj = trajectory_balance(log_z.repeat_interleave(K), log_pf.reshape(G * K, L), log_r.reshape(-1))
+        else:
+            log_f = heads.log_flow(hidden).reshape(G * K, L)  # (G*K, L)
+            if self.flow_loss == "db":
+                per_traj = detailed_balance(log_f, log_pf.reshape(G * K, L), log_r.reshape(-1))
+            else:
+                per_traj = subtrajectory_balance(log_f, log_pf.reshape(G * K, L), log_r.reshape(-1),
+                                                 lamda=self.config["gflowgr_subtb_lambda"])
+            log_z = log_f.view(G, K, L)[:, 0, 0]  # log F(s_0) = log Z, one per example
+        check_log_z(self, log_z)  # non-finite: stop with a clear error; beyond gflowgr_logz_bound: warn
+        return sft, per_traj.view(G, K), log_z
