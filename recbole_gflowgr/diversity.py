@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -131,7 +132,8 @@ def report(all_stats, out_dir, name):
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
-    keys = [k for k in all_stats[0] if k not in ("probs", "checkpoint", "model", "dataset", "k", "seed", "finetune")]
+    keys = [k for k in all_stats[0] if k not in ("probs", "checkpoint", "model", "dataset", "k", "seed", "finetune",
+                                                 "wall_s", "device", "commit")]
     lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     lines += [f"| {s['finetune']} | " + " | ".join(f"{s[k]:.4g}" for k in keys) + " |" for s in all_stats]
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -139,7 +141,8 @@ def report(all_stats, out_dir, name):
     for s in all_stats:
         ax.hist(s["probs"], bins=50, range=(0, top), alpha=0.5, label=f"{s['model']} {s['finetune']}")
     ax.set_xlabel(f"generation probability of the top-{all_stats[0]['k']} items")
-    ax.set_ylabel("count")
+    ax.set_ylabel("count (log scale)")
+    ax.set_yscale("log")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=120)
@@ -170,7 +173,13 @@ def main(argv=None):
                                           [m for m in args.methods.split(",") if m], args.seed)
         else:
             raise ConfigError("give --dataset (with --model/--methods/--seed) or --checkpoints")
-        all_stats = [analyse(p, args.k) for p in paths]
+        from recbole_gflowgr.results import device_name, git_commit
+
+        commit, all_stats = git_commit(), []
+        for path in paths:
+            start = time.time()
+            all_stats.append(analyse(path, args.k))
+            all_stats[-1].update(wall_s=round(time.time() - start, 1), device=device_name("cpu"), commit=commit)
         name = f"{all_stats[0]['dataset']}-{all_stats[0]['model']}-seed{all_stats[0]['seed']}"
         print(report(all_stats, args.out or os.path.join(args.results_dir, "diversity"), name))
     except ConfigError as e:
