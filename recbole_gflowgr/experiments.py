@@ -204,7 +204,8 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
              log_dir=None, threads=None):
     """Run the grid's missing cells; returns {"done": [...], "ran": [...], "failed": [...], "skipped": [...]}."""
     every = expand(grid)
-    chosen = {c.key for c in every if all(o in (c["model"], c["finetune"], c["dataset"], c["variant"]) for o in only)}
+    chosen = {c.key for c in every
+              if all(o in (c["model"], c["finetune"], c["dataset"], c["variant"], str(c["seed"])) for o in only)}
     chosen |= {sft_key(grid, c) for c in every if c.key in chosen}  # a chosen fine-tuning cell brings its SFT cell
     cells = [c for c in every if c.key in chosen]
     finished = done_cells(results_dir)
@@ -278,7 +279,8 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once")
     parser.add_argument("--time_budget", type=float, default=None, help="seconds; start no cell that would overrun")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per cell (default: cores // jobs)")
-    parser.add_argument("--only", default="", help="comma-separated filter on model/method/dataset/variant")
+    parser.add_argument("--only", default="", help="comma-separated filter on model/method/dataset/variant/seed "
+                                                   "(all must match; e.g. --only=TIGER,42)")
     parser.add_argument("--dry_run", action="store_true", help="list the cells still to run, run nothing")
     args = parser.parse_args(argv)
     try:

@@ -55,8 +55,10 @@ def test_sweep_makes_one_variant_per_value_one_key_at_a_time():
 def test_runner_resumes_skipping_cells_with_rows():
     grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["sft", "dpo"], seeds=[1, 2])
     calls = []
+    experiments.run_grid(grid, "res", launcher=fake_launcher(calls), only=("sft", "2"))
+    assert calls == ["d TIGER sft seed=2"]
     experiments.run_grid(grid, "res", launcher=fake_launcher(calls), only=("sft",))
-    assert calls == ["d TIGER sft seed=1", "d TIGER sft seed=2"]
+    assert calls == ["d TIGER sft seed=2", "d TIGER sft seed=1"]
     calls.clear()
     report = experiments.run_grid(grid, "res", launcher=fake_launcher(calls))
     assert calls == ["d TIGER dpo seed=1", "d TIGER dpo seed=2"] and len(report["done"]) == 2
