@@ -32,11 +32,12 @@ N_ITEMS = 12101  # amazon-beauty
 
 def synthetic_export(path, n_items, seed=0):
     """Write a synthetic TIGER export (default backbone, random weights, random IDs of ``n_items``) to ``path``."""
-    from recbole_gflowgr.export import make_export, save_atomic
+    from recbole_gflowgr.export import make_export
     from recbole_gflowgr.quick_start import load_config
     from recbole_gflowgr.recommend import build_model
     from recbole_gflowgr.results import plain_config
     from recbole_gflowgr.tokenizer.semantic_ids import disambiguate
+    from recbole_gflowgr.utils import atomic_save
 
     config = plain_config(load_config("TIGER", "amazon-beauty", cmd_args=["--show_progress=False"]))
     rng = np.random.default_rng(seed)
@@ -48,7 +49,7 @@ def synthetic_export(path, n_items, seed=0):
             "semantic_ids": {"codes": torch.as_tensor(codes), "level_sizes": [256, 256, 256, max_group]}}
     model = build_model(bare)
     tokenizer = {"name": "rqvae", "config": None, "text_fields": ["title"], "title_field": "title", "quantiser": None}
-    save_atomic(make_export(model, config, tokens, [f"synthetic item {i}" for i in range(n_items + 1)], tokenizer,
+    atomic_save(make_export(model, config, tokens, [f"synthetic item {i}" for i in range(n_items + 1)], tokenizer,
                             extra={"note": "synthetic: random weights and semantic IDs"}), path)
     return path
 

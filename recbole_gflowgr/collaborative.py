@@ -8,12 +8,10 @@
   normalised (best item of the catalog 1, worst 0; padding item 0 is never scored above 0).
 * :func:`sasrec_item_embeddings` exports the trained item embedding table for LETTER's collaborative regulariser.
 """
-import contextlib
 import json
 import logging
 import os
 import shutil
-import time
 from logging import getLogger
 
 import numpy as np
@@ -21,7 +19,7 @@ import torch
 
 from recbole_gflowgr.compat import trusted_torch_load
 from recbole_gflowgr.config import PROPERTIES
-from recbole_gflowgr.utils import take_pid_file
+from recbole_gflowgr.utils import atomic_file, training_lock
 
 CM_CONFIG = os.path.join(PROPERTIES, "collaborative.yaml")
 
@@ -39,24 +37,6 @@ def cache_path(config):
 
     folder = os.path.join(config["checkpoint_dir"], "collaborative")
     return os.path.join(folder, f"{config['dataset']}-SASRec-{config_hash(plain_config(config))}.pth")
-
-
-@contextlib.contextmanager
-def training_lock(path, poll_s=10.0):
-    """One process trains a given cache entry; others wait for it (``<path>.lock`` holds the trainer's pid; a lock
-    whose process is gone is taken over)."""
-    lock = path + ".lock"
-    announced = False
-    while (owner := take_pid_file(lock)) != 0:
-        if not announced:
-            getLogger().info(f"waiting for process {owner}, which is training {path}")
-            announced = True
-        time.sleep(poll_s)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(lock)
 
 
 def train_or_load(dataset, data_path="dataset", config_dict=None):
@@ -87,10 +67,8 @@ def _train(dataset, data_path, config_dict, path):
         for handler in handlers:
             root.addHandler(handler)
         root.setLevel(level)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    shutil.copyfile(row["checkpoint"], tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        shutil.copyfile(row["checkpoint"], tmp)
     with open(path[:-4] + ".json", "w") as f:
         json.dump({k: row[k] for k in ("valid", "test", "wall_s", "device", "commit", "config_hash")}, f, indent=1)
     getLogger().info(f"collaborative model cached at {path}")

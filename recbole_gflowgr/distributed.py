@@ -303,13 +303,8 @@ class DistributedMixin:
         return result if self.eval_collector.gathered else super()._map_reduce(result, num_sample)
 
 
-_CLASSES = {}
-
-
 def trainer_class(cls, config):
     """``cls`` itself for a single process, else ``cls`` with :class:`DistributedMixin` in front."""
-    if config["single_spec"]:
-        return cls
-    if cls not in _CLASSES:
-        _CLASSES[cls] = type(cls.__name__, (DistributedMixin, cls), {})
-    return _CLASSES[cls]
+    from recbole_gflowgr.trainer import with_mixin
+
+    return cls if config["single_spec"] else with_mixin(DistributedMixin, cls)

@@ -87,18 +87,26 @@ def analyse(path, k=10, scorer=None):
         scorer = load_scorer(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])),
                              recbole_dataset=train_data._dataset)
     probs, cm, users = [], [], 0
-    for interaction, _, _, _ in test_data:
-        users += len(interaction)
-        items, scores = model.beam_search(interaction)  # (B, beams) RecBole ids, log-probs, best first
-        items, scores = items[:, :k], scores[:, :k]  # (B, K)
-        valid = items > 0
-        probs.append(scores.exp()[valid])
-        cm_scores = scorer.score(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], items)  # (B, K)
-        cm.append(cm_scores[valid])
-    probs, cm = torch.cat(probs).numpy(), torch.cat(cm).numpy()
+    beam_search = model.beam_search
+
+    def recording_beam_search(interaction, beam_size=None):  # RecBole's evaluation runs the beam once per batch
+        nonlocal users
+        items, scores = beam_search(interaction, beam_size)  # (B, beams) RecBole ids, log-probs, best first
+        top, top_scores = items[:, :k], scores[:, :k]  # (B, K)
+        valid = top > 0
+        users += len(top)
+        probs.append(top_scores.exp()[valid])
+        cm.append(scorer.score(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], top)[valid])  # CM (B,K)
+        return items, scores
+
     trainer = get_trainer(config["MODEL_TYPE"], config["model"], config)(config, model)
     trainer.eval_collector.data_collect(train_data)  # item counts for the popularity metrics
-    result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    model.beam_search = recording_beam_search
+    try:
+        result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    finally:
+        del model.beam_search
+    probs, cm = torch.cat(probs).numpy(), torch.cat(cm).numpy()
     suffix = f"@{k}"
     stats = {"checkpoint": path, "model": config["model"], "finetune": config["finetune"], "seed": config["seed"],
              "dataset": config["dataset"], "k": k, "n_lists": users,

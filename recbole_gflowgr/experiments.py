@@ -121,12 +121,11 @@ def expand(grid):
 def _cell(grid, dataset, model, finetune, seed, variant, overrides):
     overrides = dict(grid["config"], **overrides)
     if finetune == "sft" and model in OUR_MODELS:  # SFT ignores fine-tuning variants: one shared SFT cell
-        from recbole_gflowgr.quick_start import FINETUNE_KEYS, FINETUNE_PREFIXES
+        from recbole_gflowgr.quick_start import backbone_keys
 
-        if any(k in FINETUNE_KEYS or k.startswith(FINETUNE_PREFIXES) for k in overrides):
-            overrides = {k: v for k, v in overrides.items() if k not in FINETUNE_KEYS and
-                         not k.startswith(FINETUNE_PREFIXES)}
-            variant = ""
+        backbone = backbone_keys(overrides)
+        if backbone != overrides:
+            overrides, variant = backbone, ""
     return Cell(dataset=dataset, model=model, finetune=finetune, seed=int(seed), variant=variant,
                 overrides=overrides, config_files=list(grid["config_files"]), grid=grid["name"])
 
@@ -138,9 +137,11 @@ def sft_key(grid, cell):
     return _cell(grid, cell["dataset"], cell["model"], "sft", cell["seed"], cell["variant"], cell["overrides"]).key
 
 
-def done_cells(results_dir):
-    """{cell key: row} of the rows that runs of this runner appended."""
-    return {row["experiment_cell"]: row for row in read_rows(results_dir) if row.get("experiment_cell")}
+def done_cells(results_dir, rows=None):
+    """{cell key: row} of the rows that runs of this runner appended (``rows``: already read from
+    ``results_dir``)."""
+    rows = read_rows(results_dir) if rows is None else rows
+    return {row["experiment_cell"]: row for row in rows if row.get("experiment_cell")}
 
 
 def command(cell, cell_yaml):
@@ -208,9 +209,10 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
               if all(o in (c["model"], c["finetune"], c["dataset"], c["variant"], str(c["seed"])) for o in only)}
     chosen |= {sft_key(grid, c) for c in every if c.key in chosen}  # a chosen fine-tuning cell brings its SFT cell
     cells = [c for c in every if c.key in chosen]
-    finished = done_cells(results_dir)
+    rows = read_rows(results_dir)
+    finished = done_cells(results_dir, rows)
     todo = [c for c in cells if c.key not in finished]
-    history = [r for r in read_rows(results_dir) if "wall_s" in r]
+    history = [r for r in rows if "wall_s" in r]
     known = [estimate(c, history) for c in todo]
     fallback = sum(k for k in known if k) / max(1, sum(1 for k in known if k)) or None
     total = sum(k or fallback or 0 for k in known)

@@ -28,6 +28,7 @@ import os
 import torch
 
 from recbole_gflowgr.errors import GFlowGRError
+from recbole_gflowgr.utils import atomic_save
 
 EXPORT_FORMAT = "recbole_gflowgr.export"
 EXPORT_VERSION = 1
@@ -98,15 +99,6 @@ def make_export(model, config, item_tokens, item_titles, tokenizer, user_tokens=
             "tokenizer": tokenizer, **(extra or {})}
 
 
-def save_atomic(obj, path):
-    """``torch.save`` through a temporary file: readers never see a half-written checkpoint; returns ``path``."""
-    from recbole_gflowgr.utils import atomic_file
-
-    with atomic_file(path) as tmp:
-        torch.save(obj, tmp)
-    return path
-
-
 def export_checkpoint(model, config, dataset, path):
     """Write the self-contained checkpoint of a trained TIGER/LETTER ``model`` (RecBole ``config`` and ``dataset``
     of its run) to ``path``; returns ``path``."""
@@ -121,7 +113,7 @@ def export_checkpoint(model, config, dataset, path):
         users = [str(t) for t in dataset.field2id_token[config["USER_ID_FIELD"]]]
     export = make_export(model, plain, items, _titles(data_path, name, tokenizer["title_field"], items), tokenizer,
                          users)
-    return save_atomic(export, path)
+    return atomic_save(export, path)
 
 
 def load_export(path, map_location="cpu"):

@@ -21,16 +21,16 @@ class NewItemError(GFlowGRError):
 
 def item_text(token, fields, text_fields):
     """The text of a new item as training built it: '<field>: <value>; ...' over ``text_fields``, empty skipped."""
-    from recbole_gflowgr.data.convert import _text
+    from recbole_gflowgr.data.convert import _text, join_text
 
     if not isinstance(fields, dict):
         raise NewItemError(f"new item '{token}': give its text as {{field: text}} (fields {', '.join(text_fields)}), "
                            f"not {type(fields).__name__}")
-    parts = [f"{f}: {_text(fields[f])}" for f in text_fields if fields.get(f) is not None and _text(fields[f])]
-    if not parts:
+    text = join_text((f, _text(fields.get(f))) for f in text_fields)  # _text(None) == ""
+    if not text:
         raise NewItemError(f"new item '{token}' has no text in the fields the tokenizer embeds "
                            f"({', '.join(text_fields)}); give at least one of them")
-    return "; ".join(parts)
+    return text
 
 
 def load_quantiser(quantiser, cfg):

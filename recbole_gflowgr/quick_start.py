@@ -20,6 +20,7 @@ from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.finetune import get_finetune_trainer
 from recbole_gflowgr.registry import OUR_MODELS, get_model, get_trainer
 from recbole_gflowgr.results import append_row, git_commit, make_row
+from recbole_gflowgr.utils import atomic_file, training_lock
 
 
 def load_config(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=()):
@@ -39,6 +40,11 @@ FINETUNE_PREFIXES = ("finetune_", "gflowgr_", "dpo_", "sdpo_", "sprec_", "ipa_",
 FINETUNE_HEADS = ("gflow_heads.", "ppo_value_head.")  # state-dict prefixes of heads that fine-tuning adds
 
 
+def backbone_keys(values):
+    """``values`` (a dict of config keys) without the fine-tuning keys: what the SFT backbone depends on."""
+    return {k: v for k, v in values.items() if k not in FINETUNE_KEYS and not k.startswith(FINETUNE_PREFIXES)}
+
+
 def sft_cache_path(config):
     """``<checkpoint_dir>/sft/<dataset>-<model>-<hash>.pth``: the hash covers every config key except the
     fine-tuning ones, so every fine-tuning run of the same backbone config and seed shares one SFT checkpoint (the
@@ -47,8 +53,7 @@ def sft_cache_path(config):
 
     from recbole_gflowgr.model.tiger import fetch_semantic_ids
 
-    plain = {k: v for k, v in plain_config(config).items()
-             if k not in FINETUNE_KEYS and not k.startswith(FINETUNE_PREFIXES)}
+    plain = backbone_keys(plain_config(config))
     plain["sft_seed"] = config["seed"]  # config_hash leaves "seed" out
     # the IDs themselves (their folder is named by the tokenizer's config hash): a changed tokenizer yaml or code
     # version gives other IDs, and so another SFT checkpoint
@@ -64,8 +69,6 @@ def sft_checkpoint(model, dataset, config_file_list=None, config_dict=None, cmd_
     # the SFT run is not the fine-tuning run's grid cell: it gets no experiment tags (see experiments.py)
     cmd_args = [a for a in cmd_args if not a.startswith(("--finetune=", "--experiment_cell=", "--experiment_variant="))]
     cmd_args = cmd_args + ["--finetune=sft"]
-    from recbole_gflowgr.collaborative import training_lock
-
     path = sft_cache_path(load_config(model, dataset, config_file_list, config_dict, cmd_args))
     if not os.path.isfile(path):
         with training_lock(path):  # concurrent fine-tuning runs of one backbone wait for one SFT run
@@ -155,9 +158,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
                                        if isinstance(h, logging.FileHandler)), None)})
     if saved and config["model"] in OUR_MODELS and config["finetune"] == "sft":
         cache = sft_cache_path(config)
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        shutil.copyfile(trainer.saved_model_file, cache + ".tmp")
-        os.replace(cache + ".tmp", cache)
+        with atomic_file(cache) as tmp:
+            shutil.copyfile(trainer.saved_model_file, tmp)
         row["sft_cache"] = cache
     if saved and config["model"] in OUR_MODELS:  # self-contained checkpoint for recommend.py (best model loaded)
         from recbole_gflowgr.export import export_checkpoint, export_path

@@ -33,6 +33,7 @@ from recbole.utils import set_color
 
 from recbole_gflowgr.compat import trusted_torch_load
 from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.utils import atomic_file, atomic_save
 
 LAST_SUFFIX = "-last.pth"
 
@@ -46,25 +47,6 @@ def run_id(config):
     plain["resume_pretrained"] = config["pretrained_checkpoint"] or None  # volatile in rows, not for resuming
     finetune = config["finetune"] if config["model"] in OUR_MODELS else "none"
     return f"{config['model']}-{config['dataset']}-{finetune}-seed{config['seed']}-{config_hash(plain)}"
-
-
-@contextlib.contextmanager
-def atomic_file(path):
-    """Yield ``<path>.tmp<pid>`` to write; on success it replaces ``path`` (``os.replace``), on any error it is
-    deleted: readers see the old file or the new one, never a truncated one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
-def atomic_save(state, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp, pickle_protocol=4)
 
 
 def _reason(error):
@@ -157,7 +139,7 @@ class ResumeMixin:
                             "finished": epoch + 1 >= self.epochs or self.cur_step > self.stopping_step,
                             "rng": rng_states(), "generator": gen.get_state() if gen is not None else None,
                             "loader_rng": loader.generator.get_state() if loader is not None else None}}
-        atomic_save(state, self.last_checkpoint_file)
+        atomic_save(state, self.last_checkpoint_file, pickle_protocol=4)
         self.last_saved_epoch = epoch
 
     def discard_last(self):

@@ -48,16 +48,22 @@ class TrainerMixin(ResumeMixin, NumericsMixin):
         return round(sum(times) / len(times), 3) if times else None
 
 
-_FIXED = {}
+_WITH_MIXIN = {}
+
+
+def with_mixin(mixin, trainer_class):
+    """``trainer_class`` with ``mixin`` in front (one cached subclass per pair; the class itself if it already
+    has the mixin)."""
+    if issubclass(trainer_class, mixin):
+        return trainer_class
+    if (mixin, trainer_class) not in _WITH_MIXIN:
+        _WITH_MIXIN[mixin, trainer_class] = type(trainer_class.__name__, (mixin, trainer_class), {})
+    return _WITH_MIXIN[mixin, trainer_class]
 
 
 def with_checkpoint_fix(trainer_class):
-    """``trainer_class`` with :class:`TrainerMixin` in front (one cached subclass per RecBole trainer)."""
-    if issubclass(trainer_class, TrainerMixin):
-        return trainer_class
-    if trainer_class not in _FIXED:
-        _FIXED[trainer_class] = type(trainer_class.__name__, (TrainerMixin, trainer_class), {})
-    return _FIXED[trainer_class]
+    """``trainer_class`` with :class:`TrainerMixin` in front."""
+    return with_mixin(TrainerMixin, trainer_class)
 
 
 class GRTrainer(TrainerMixin, Trainer):

@@ -3,6 +3,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 
 
 @contextlib.contextmanager
@@ -37,6 +38,16 @@ def atomic_file(path):
             os.remove(tmp)
 
 
+def atomic_save(obj, path, **save_kwargs):
+    """``torch.save(obj, ..., **save_kwargs)`` through :func:`atomic_file`: a kill leaves the old checkpoint or the
+    new one, never a truncated one; returns ``path``."""
+    import torch
+
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp, **save_kwargs)
+    return path
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -68,3 +79,23 @@ def take_pid_file(path):
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         return 0
+
+
+@contextlib.contextmanager
+def training_lock(path, poll_s=10.0):
+    """One process trains a given cache entry; others wait for it (``<path>.lock`` holds the trainer's pid; a lock
+    whose process is gone is taken over)."""
+    from logging import getLogger
+
+    lock = path + ".lock"
+    announced = False
+    while (owner := take_pid_file(lock)) != 0:
+        if not announced:
+            getLogger().info(f"waiting for process {owner}, which is training {path}")
+            announced = True
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)

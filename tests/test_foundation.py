@@ -203,18 +203,18 @@ def test_other_classic_models_run_through_the_same_entry_point(model):
 def test_training_lock_waits_for_a_live_owner_and_takes_over_a_stale_one(monkeypatch):
     import subprocess
 
-    from recbole_gflowgr import collaborative
+    from recbole_gflowgr import utils
 
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
     os.makedirs("cache", exist_ok=True)
     with open("cache/x.pth.lock", "w") as f:
         f.write(str(owner.pid))
     waited = []
-    monkeypatch.setattr(collaborative.time, "sleep", lambda s: (waited.append(s), owner.wait()))
-    with collaborative.training_lock("cache/x.pth", poll_s=0.01):
+    monkeypatch.setattr(utils.time, "sleep", lambda s: (waited.append(s), owner.wait()))
+    with utils.training_lock("cache/x.pth", poll_s=0.01):
         assert open("cache/x.pth.lock").read() == str(os.getpid())
     assert waited and not os.path.exists("cache/x.pth.lock")
     with open("cache/x.pth.lock", "w") as f:
         f.write("999999999")  # no such process: stale
-    with collaborative.training_lock("cache/x.pth"):
+    with utils.training_lock("cache/x.pth"):
         pass

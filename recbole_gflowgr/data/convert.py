@@ -198,7 +198,10 @@ def read_item_text(out_dir, name, text_fields=None):
     if missing or not text_fields:
         raise DatasetError(f"dataset '{name}': {path} lacks the text field(s) {missing or text_fields}; set "
                            f"text_fields in the dataset yaml to columns of that file")
-    text = {}
-    for row in items[["item_id"] + text_fields].itertuples(index=False):
-        text[row[0]] = "; ".join(f"{f}: {v}" for f, v in zip(text_fields, row[1:]) if v.strip())
-    return text
+    return {row[0]: join_text(zip(text_fields, row[1:]))
+            for row in items[["item_id"] + text_fields].itertuples(index=False)}
+
+
+def join_text(field_values):
+    """An item's text for the tokenizers: '<field>: <value>; ...' over (field, value) pairs, empty values skipped."""
+    return "; ".join(f"{f}: {v}" for f, v in field_values if v.strip())

@@ -152,6 +152,19 @@ def _level_log_probs(model, trie, level, hidden, nodes):
     return logp, children
 
 
+def _cross_keys_values(decoder, enc):
+    """[(k, v)] per decoder layer: the cross-attention keys/values (B, H, S, d_kv) of encoder states (B, S, d),
+    projected once per user."""
+    B, S, _ = enc.shape
+    out = []
+    for block in decoder.block:
+        att = block.layer[1].EncDecAttention
+        k = att.k(enc).view(B, S, att.n_heads, att.key_value_proj_dim).transpose(1, 2)  # (B, H, S, dk)
+        v = att.v(enc).view(B, S, att.n_heads, att.key_value_proj_dim).transpose(1, 2)  # (B, H, S, dk)
+        out.append((k, v))
+    return out
+
+
 class _RecomputeStepper:
     """Reference decoder: re-runs the HF decoder on the whole prefix every step (no cache)."""
 
@@ -206,12 +219,7 @@ class _GroupedT5Stepper:
         self.H, self.dk = att0.n_heads, att0.key_value_proj_dim
         B, S, _ = enc.shape
         self.bias = None  # relative position bias rows, filled lazily
-        self.cross = []
-        for blk in self.blocks:
-            att = blk.layer[1].EncDecAttention
-            k = att.k(enc).view(B, S, self.H, self.dk).transpose(1, 2)  # (B, H, S, dk)
-            v = att.v(enc).view(B, S, self.H, self.dk).transpose(1, 2)  # (B, H, S, dk)
-            self.cross.append((k, v))
+        self.cross = _cross_keys_values(dec, enc)  # per layer (B, H, S, dk) twice
         mask = torch.ones(B, S, dtype=torch.bool, device=enc.device) if mask is None else mask.bool()
         self.keep = mask.view(B, 1, 1, S)  # (B, 1, 1, S)
         self.kv = [None] * len(self.blocks)
@@ -340,11 +348,7 @@ def _shared_encoder_decode(model, dec_in, enc, attention_mask, M):
     if M > 1:
         config = decoder.config
         cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
-        B, S, _ = enc.shape
-        for i, block in enumerate(decoder.block):
-            att = block.layer[1].EncDecAttention
-            k = att.k(enc).view(B, S, att.n_heads, att.key_value_proj_dim).transpose(1, 2)  # (B, H, S, dk)
-            v = att.v(enc).view(B, S, att.n_heads, att.key_value_proj_dim).transpose(1, 2)  # (B, H, S, dk)
+        for i, (k, v) in enumerate(_cross_keys_values(decoder, enc)):  # (B, H, S, dk) -> (B*M, H, S, dk)
             cache.cross_attention_cache.update(k.repeat_interleave(M, dim=0), v.repeat_interleave(M, dim=0), i)
             cache.is_updated[i] = True
     return decoder(input_ids=dec_in, encoder_hidden_states=enc.repeat_interleave(M, dim=0),
