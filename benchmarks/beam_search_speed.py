@@ -10,13 +10,23 @@ log_softmax after the mask (so the step score is the constrained log-softmax, no
 ``length_penalty=0`` (sequence score = plain sum), no EOS reachable, ``max_new_tokens=L``.  HF keeps 2*num_beams
 candidates per step to make room for EOS; as EOS is never allowed this selects the same beams.
 
+With ``--export saved/<run>.export.pth`` (any TIGER/LETTER run writes one) the model is that trained model with
+its own trie, and the users are its dataset's test histories (the last <= 20 items before each user's last one,
+read from ``dataset/<name>/<name>.inter``), in file order.
+
+Ours runs on the users in groups of similar history length (``--length_groups``, the models' ``length_buckets``
+key) and skips the decoder on last-level prefixes with a single child (beam_search.py); HF gets the same batches.
+
     python benchmarks/beam_search_speed.py --quick --threads 1   # --threads 1 on a busy shared CPU
-    python benchmarks/beam_search_speed.py --n_items 12000 --eval_users 22363 --batch_size 64
+    python benchmarks/beam_search_speed.py --n_items 12000 --eval_users 22363 --batch_size 256
+    python benchmarks/beam_search_speed.py --export saved/TIGER-....export.pth --eval_users 0
 """
 import argparse
+import csv
 import os
 import sys
 import time
+from collections import defaultdict
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
@@ -62,6 +72,32 @@ def build_histories(n_users, codes, gen, max_items=20):
     return ids * mask, mask
 
 
+def load_trained(path, data_path, n_users):
+    """(t5, trie, codes, ids, mask) of an exported TIGER/LETTER run and its dataset's first ``n_users`` users' test
+    histories as encoder inputs (B, S)."""
+    from recbole_gflowgr.export import load_export
+    from recbole_gflowgr.recommend import build_model
+
+    export = load_export(path)
+    model = build_model(export)
+    name = export["dataset"]
+    row = {token: i for i, token in enumerate(export["item_tokens"])}  # RecBole internal ids; 0 = [PAD]
+    seqs = defaultdict(list)
+    with open(os.path.join(data_path, name, f"{name}.inter")) as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader)
+        u, i, t = (header.index(c) for c in ("user_id:token", "item_id:token", "timestamp:float"))
+        for rec in reader:
+            seqs[rec[u]].append((float(rec[t]), row[rec[i]]))
+    hist = [[i for _, i in sorted(v)][:-1][-20:] for v in list(seqs.values())[:n_users]]
+    item_seq = torch.zeros(len(hist), 20, dtype=torch.long)
+    for b, h in enumerate(hist):
+        item_seq[b, :len(h)] = torch.tensor(h)
+    ids = model.item_tokens[item_seq].flatten(1)  # (B, 20 * L), right padded
+    print(f"trained model {path} ({export['model']} {export['finetune']} on {name}), {len(hist)} test histories")
+    return model.t5, model.trie, model.trie.codes, ids, (ids != 0).long()
+
+
 def dict_trie(codes):
     """prefix tuple -> list of allowed next tokens (a plain Python trie, as in LETTER / MiniOneRec)."""
     allowed = {}
@@ -84,7 +120,7 @@ def hf_top(model, ids, mask, allowed, item_of, beams, L):
     return items, out.sequences_scores.view(ids.shape[0], beams).float()
 
 
-def compare(model, trie, ids, mask, codes, beams, batch_size, top=10):
+def compare(model, trie, ids, mask, codes, beams, batch_size, groups, top=10):
     allowed, item_of = dict_trie(codes), {tuple(r): i for i, r in enumerate(codes.tolist())}
     ours_t = hf_t = enc_t = 0.0
     n_same = n_tie = n_users = 0
@@ -92,7 +128,7 @@ def compare(model, trie, ids, mask, codes, beams, batch_size, top=10):
     for s in range(0, ids.shape[0], batch_size):
         b_ids, b_mask = ids[s:s + batch_size], mask[s:s + batch_size]
         t0 = time.perf_counter()
-        items, scores = constrained_beam_search(model, b_ids, b_mask, trie, beams)
+        items, scores = constrained_beam_search(model, b_ids, b_mask, trie, beams, length_groups=groups)
         t1 = time.perf_counter()
         hf_items, hf_scores = hf_top(model, b_ids, b_mask, allowed, item_of, beams, trie.L)
         t2 = time.perf_counter()
@@ -117,13 +153,15 @@ def compare(model, trie, ids, mask, codes, beams, batch_size, top=10):
           f"speed-up of the decoding part: {(hf_t - enc_t) / max(ours_t - enc_t, 1e-9):.1f}x)")
 
 
-def full_eval(model, trie, codes, n_users, beams, batch_size, gen):
+def full_eval(model, trie, codes, n_users, beams, batch_size, groups, gen):
     ids, mask = build_histories(n_users, codes, gen)
     start = time.perf_counter()
     for s in range(0, n_users, batch_size):
-        constrained_beam_search(model, ids[s:s + batch_size], mask[s:s + batch_size], trie, beams)
+        constrained_beam_search(model, ids[s:s + batch_size], mask[s:s + batch_size], trie, beams,
+                                length_groups=groups)
     total = time.perf_counter() - start
-    print(f"full evaluation: {n_users} users, {beams} beams, batch {batch_size}: {total:.1f} s "
+    print(f"full evaluation: {n_users} users, {beams} beams, batch {batch_size}, {groups} length groups, "
+          f"torch threads {torch.get_num_threads()}: {total:.1f} s "
           f"({n_users / total:.1f} users/s)")
 
 
@@ -133,7 +171,10 @@ def main():
     p.add_argument("--compare_users", type=int, default=256, help="users for the comparison with HF generate")
     p.add_argument("--eval_users", type=int, default=22363, help="users for the full-evaluation timing")
     p.add_argument("--beams", type=int, default=20)
-    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--batch_size", type=int, default=256, help="users per batch (the models' eval_batch_size)")
+    p.add_argument("--length_groups", type=int, default=4, help="ours: length groups per batch (length_buckets)")
+    p.add_argument("--export", help="a trained run's *.export.pth: its model, trie and test histories")
+    p.add_argument("--data_path", default="dataset", help="with --export: where <dataset>/<dataset>.inter is")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--quick", action="store_true", help="32 comparison users and 512 evaluation users")
     args = p.parse_args()
@@ -143,15 +184,20 @@ def main():
         torch.set_num_threads(args.threads)
 
     gen = torch.Generator().manual_seed(0)
-    model = build_model(0)
-    codes = build_codes(args.n_items, gen)
-    trie = SemanticIDTrie(codes)
+    if args.export:
+        model, trie, codes, ids, mask = load_trained(args.export, args.data_path, args.compare_users)
+    else:
+        model = build_model(0)
+        codes = build_codes(args.n_items, gen)
+        trie = SemanticIDTrie(codes)
     print(f"{trie}, torch threads {torch.get_num_threads()}")
     with torch.inference_mode():
-        ids, mask = build_histories(args.compare_users, codes, gen)
+        if not args.export:
+            ids, mask = build_histories(args.compare_users, codes, gen)
         constrained_beam_search(model, ids[:2], mask[:2], trie, args.beams)  # warm-up
-        compare(model, trie, ids, mask, codes, args.beams, args.batch_size)
-        full_eval(model, trie, codes, args.eval_users, args.beams, args.batch_size, gen)
+        compare(model, trie, ids, mask, codes, args.beams, args.batch_size, args.length_groups)
+        if args.eval_users:
+            full_eval(model, trie, codes, args.eval_users, args.beams, args.batch_size, args.length_groups, gen)
 
 
 if __name__ == "__main__":

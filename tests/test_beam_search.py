@@ -132,6 +132,43 @@ def test_batch_equals_single_users_and_encoder_outputs(setup):
     assert (i == items).all() and torch.allclose(s, scores)
 
 
+def test_length_groups_give_the_same_beams(setup):
+    """Users split into groups of similar history length, each trimmed to its longest: same items and scores in
+    the users' order, also with more groups than users and with histories that are not right-padded."""
+    model, trie, ids, mask = setup
+    ref_items, ref_scores = constrained_beam_search(model, ids, mask, trie, 6)
+    holes = mask.clone()
+    holes[0, 0] = 0  # a masked position before the last unmasked one: groups trim by extent, not by count
+    hole_items, hole_scores = constrained_beam_search(model, ids, holes, trie, 6)
+    for groups in (2, 3, 10):
+        items, scores = constrained_beam_search(model, ids, mask, trie, 6, length_groups=groups)
+        assert (items == ref_items).all() and torch.allclose(scores, ref_scores, atol=1e-5)
+        items, scores = constrained_beam_search(model, ids, holes, trie, 6, length_groups=groups)
+        assert (items == hole_items).all() and torch.allclose(scores, hole_scores, atol=1e-5)
+
+
+def test_disambiguation_level_equals_exhaustive():
+    """TIGER-like IDs: the last level is a collision index, so most prefixes have one child (log-prob exactly 0,
+    the decoder is not run for them) and a few have several; the full beam is still the exhaustive ranking."""
+    gen = torch.Generator().manual_seed(3)
+    prefix = random_codes([4, 4], 12, gen)  # (n, 2) distinct prefixes
+    rows = [p.tolist() + [10] for p in prefix] + [prefix[0].tolist() + [11], prefix[0].tolist() + [12],
+                                                    prefix[1].tolist() + [11]]
+    codes = torch.tensor(rows)  # level 3 tokens 10..12: index among the items that share the prefix
+    trie = SemanticIDTrie(codes)
+    kids = (trie.child[2][:-1] >= 0).sum(1)
+    assert (kids == 1).sum() >= 8 and (kids > 1).sum() == 2
+    model = make_model(13, layers=2)
+    ids, mask = random_inputs(5, 7, 13, gen)
+    items, scores = constrained_beam_search(model, ids, mask, trie, beam_size=trie.n_items)
+    ex = exhaustive_log_probs(model, ids, mask, trie)
+    assert torch.allclose(ex.gather(1, items), scores, atol=1e-5)
+    assert torch.allclose(scores, ex.sort(dim=1, descending=True).values, atol=1e-5)
+    i0, s0 = constrained_beam_search(model, ids, mask, trie, 4, mode="recompute")
+    i1, s1 = constrained_beam_search(model, ids, mask, trie, 4)
+    assert (i1 == i0).all() and torch.allclose(s1, s0, atol=1e-5)
+
+
 def test_gradients_flow_through_sequence_log_probs(setup):
     model, trie, ids, mask = setup
     model.train()

@@ -110,12 +110,12 @@ def uniform_negatives(item_seq, pos, n_items, k, generator=None):
 
 
 @torch.no_grad()
-def top_items(t5, ids, mask, trie, k, exclude=None):
+def top_items(t5, ids, mask, trie, k, exclude=None, length_groups=1):
     """(B, k) the policy's top-k items by constrained beam search, skipping ``exclude`` (B,) when it is among them
     (the beam is one wider for that); needs ``k (+1) <= number of items``."""
     with eval_mode(t5):
         width = k + (exclude is not None)
-        items = constrained_beam_search(t5, ids, mask, trie, width)[0] + 1  # (B, width), best first
+        items = constrained_beam_search(t5, ids, mask, trie, width, length_groups=length_groups)[0] + 1  # (B, width)
     if exclude is None:
         return items
     drop = items == exclude.unsqueeze(1)  # (B, width)

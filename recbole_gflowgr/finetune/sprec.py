@@ -65,7 +65,8 @@ class SPRecTrainer(BaselineTrainer):
         """(B, 1) the snapshot's top beam-search item other than the observed next item."""
         model = self.model
         ids, mask = model.encoder_inputs(interaction)
-        return top_items(self.snapshot_t5, ids, mask, model.trie, 1, exclude=interaction[model.POS_ITEM_ID])
+        return top_items(self.snapshot_t5, ids, mask, model.trie, 1, exclude=interaction[model.POS_ITEM_ID],
+                         length_groups=model.length_buckets)
 
     def sprec_loss(self, interaction):
         """(SFT part, DPO part) of a batch; the inactive phase's part is 0."""

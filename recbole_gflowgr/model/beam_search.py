@@ -178,9 +178,10 @@ class _RecomputeStepper:
     def reorder(self, rows):
         pass
 
-    def step(self, seq):  # seq (R, t + 1) -> (R, d)
-        return self.decoder(input_ids=seq, encoder_hidden_states=self.enc, encoder_attention_mask=self.mask,
-                            use_cache=False).last_hidden_state[:, -1]
+    def step(self, seq, rows=None):  # seq (R, t + 1) -> (R, d); rows: only those rows' states (a final step)
+        h = self.decoder(input_ids=seq, encoder_hidden_states=self.enc, encoder_attention_mask=self.mask,
+                         use_cache=False).last_hidden_state[:, -1]
+        return h if rows is None else h[rows]
 
 
 class _HFCacheStepper(_RecomputeStepper):
@@ -198,9 +199,10 @@ class _HFCacheStepper(_RecomputeStepper):
     def reorder(self, rows):
         self.cache.self_attention_cache.reorder_cache(rows)
 
-    def step(self, seq):
-        return self.decoder(input_ids=seq[:, -1:], encoder_hidden_states=self.enc, encoder_attention_mask=self.mask,
-                            past_key_values=self.cache, use_cache=True).last_hidden_state[:, -1]
+    def step(self, seq, rows=None):
+        h = self.decoder(input_ids=seq[:, -1:], encoder_hidden_states=self.enc, encoder_attention_mask=self.mask,
+                         past_key_values=self.cache, use_cache=True).last_hidden_state[:, -1]
+        return h if rows is None else h[rows]
 
 
 class _GroupedT5Stepper:
@@ -238,31 +240,77 @@ class _GroupedT5Stepper:
             s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
         return torch.softmax(s.float(), dim=-1).type_as(q) @ v
 
-    def step(self, seq):  # seq (R, t + 1) -> (R, d)
+    def step(self, seq, rows=None):  # seq (R, t + 1) -> (R, d), or (r, d) for the r = len(rows) rows asked for
+        """One decoder step for every row, or (``rows``, a final step) for some rows only: then their cache
+        entries are not kept and each row attends its own user's cross keys/values, gathered (r, H, S, dk)."""
         R, t, B = seq.shape[0], self.t, self.keep.shape[0]
         G, H, dk = R // B, self.H, self.dk
         if self.bias is None or self.bias.shape[-1] <= t:
             att0 = self.blocks[0].layer[0].SelfAttention
             self.bias = att0.compute_bias(t + 8, t + 8, device=seq.device)  # (1, H, n, n)
         bias = self.bias[:, :, t:t + 1, :t + 1]  # (1, H, 1, t + 1)
-        h = self.dec.embed_tokens(seq[:, -1])  # (R, d)
+        if rows is not None:
+            seq, users = seq[rows], rows // G  # (r, t + 1), (r,)
+        r = seq.shape[0]
+        h = self.dec.embed_tokens(seq[:, -1])  # (r, d)
         for i, blk in enumerate(self.blocks):
             sa, ca = blk.layer[0], blk.layer[1]
             n = sa.layer_norm(h)
             att = sa.SelfAttention
-            q, k, v = (p(n).view(R, H, 1, dk) for p in (att.q, att.k, att.v))  # (R, H, 1, dk)
+            q, k, v = (p(n).view(r, H, 1, dk) for p in (att.q, att.k, att.v))  # (r, H, 1, dk)
             if self.kv[i] is not None:
-                k, v = torch.cat([self.kv[i][0], k], dim=2), torch.cat([self.kv[i][1], v], dim=2)
-            self.kv[i] = (k, v)  # (R, H, t + 1, dk)
-            h = h + att.o(self._attend(q, k, v, add=bias).reshape(R, H * dk))
+                past_k, past_v = self.kv[i] if rows is None else (self.kv[i][0][rows], self.kv[i][1][rows])
+                k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+            if rows is None:
+                self.kv[i] = (k, v)  # (R, H, t + 1, dk)
+            h = h + att.o(self._attend(q, k, v, add=bias).reshape(r, H * dk))
             n = ca.layer_norm(h)
             att = ca.EncDecAttention
-            q = att.q(n).view(B, G, H, dk).transpose(1, 2)  # (B, H, G, dk)
-            out = self._attend(q, *self.cross[i], keep=self.keep)  # (B, H, G, dk)
-            h = h + att.o(out.transpose(1, 2).reshape(R, H * dk))
+            if rows is None:
+                q = att.q(n).view(B, G, H, dk).transpose(1, 2)  # (B, H, G, dk)
+                out = self._attend(q, *self.cross[i], keep=self.keep)  # (B, H, G, dk)
+            else:
+                q = att.q(n).view(r, H, 1, dk)  # (r, H, 1, dk)
+                ck, cv = (c[users] for c in self.cross[i])  # (r, H, S, dk)
+                out = self._attend(q, ck, cv, keep=self.keep[users])  # (r, H, 1, dk)
+            h = h + att.o(out.transpose(1, 2).reshape(r, H * dk))
             h = blk.layer[2](h)  # feed-forward with residual
-        self.t += 1
+        if rows is None:
+            self.t += 1
         return self.dec.final_layer_norm(h)
+
+
+def _by_length(search, input_ids, attention_mask, groups):
+    """``search(ids, mask)`` run on ``groups`` groups of users sorted by history extent (last unmasked position),
+    each trimmed to its longest; its (items, scores), both (B, K), put back in the users' order."""
+    S = attention_mask.shape[1]
+    extent = (attention_mask.bool() * torch.arange(1, S + 1, device=attention_mask.device)).amax(dim=1)  # (B,)
+    order = torch.argsort(extent, stable=True)
+    items = scores = None
+    for rows in torch.tensor_split(order, min(groups, len(order))):
+        n = max(1, int(extent[rows].max()))
+        i, sc = search(input_ids[rows, :n], attention_mask[rows, :n])  # (b, K)
+        if items is None:
+            items = i.new_empty((len(order), i.shape[1]))
+            scores = sc.new_empty((len(order), sc.shape[1]))
+        items[rows], scores[rows] = i, sc
+    return items, scores
+
+
+def _last_level_log_probs(model, trie, stepper, seq, nodes):
+    """Constrained log-probs (R, W) and child ids (R, W) of the last level. A prefix with one child gives it
+    log-probability exactly 0 (the constrained softmax of one token), so the decoder runs only on the rows whose
+    prefix has two or more children: with TIGER's disambiguation token as the last level, a few percent of them."""
+    level = trie.L - 1
+    children = trie.children(level, nodes)  # (R, W)
+    allowed = children >= 0
+    n_kids = allowed.sum(dim=1)  # (R,)
+    logp = torch.zeros(children.shape, device=children.device).masked_fill_(~allowed, float("-inf"))  # (R, W)
+    rows = (n_kids > 1).nonzero().squeeze(1)  # (r,)
+    if len(rows):
+        h = stepper.step(seq, rows=rows)  # (r, d)
+        logp[rows] = constrained_log_softmax(_level_logits(model, trie, level, h), allowed[rows])
+    return logp, children
 
 
 _STEPPERS = {"grouped": _GroupedT5Stepper, "cache": _HFCacheStepper, "recompute": _RecomputeStepper}
@@ -270,7 +318,7 @@ _STEPPERS = {"grouped": _GroupedT5Stepper, "cache": _HFCacheStepper, "recompute"
 
 @torch.no_grad()
 def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTrie, beam_size: int,
-                            encoder_outputs=None, mode: str = "grouped"):
+                            encoder_outputs=None, mode: str = "grouped", length_groups: int = 1):
     """Trie-constrained beam search over semantic IDs, batched over users.
 
     Args:
@@ -284,6 +332,9 @@ def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTr
             cross-attention keys/values shared by a user's beams; ``"cache"``: the HF decoder with an
             ``EncoderDecoderCache`` (cross K/V copied per beam); ``"recompute"``: the HF decoder re-run on the
             whole prefix each step (no cache; reference).  All three give the same result.
+        length_groups: split the users into this many groups of similar history length (by ``attention_mask``),
+            each trimmed to its own longest history, so that short histories are not encoded and attended at
+            the batch's longest length; the same result (up to float rounding).  Ignored with ``encoder_outputs``.
 
     Returns:
         items (B, K) LongTensor of item indices sorted by descending constrained log-probability, and scores
@@ -297,6 +348,9 @@ def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTr
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     if mode not in _STEPPERS:
         raise ValueError(f"mode must be one of {sorted(_STEPPERS)}, got {mode!r}")
+    if length_groups > 1 and encoder_outputs is None and attention_mask is not None and len(attention_mask) > 1:
+        return _by_length(lambda ids, mask: constrained_beam_search(model, ids, mask, trie, beam_size, mode=mode),
+                          input_ids, attention_mask, length_groups)
     K, L = int(beam_size), trie.L
     enc = _encoder_states(model, input_ids, attention_mask, encoder_outputs)  # (B, S, d)
     B, device = enc.shape[0], enc.device
@@ -319,8 +373,11 @@ def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTr
         stepper.expand(K)
     offsets = torch.arange(B, device=device).unsqueeze(1) * K  # (B, 1)
     for t in range(1, L):
-        h = stepper.step(seq.reshape(R, t + 1))  # (R, d)
-        logp, children = _level_log_probs(model, trie, t, h, nodes.reshape(R))  # (R, W), (R, W)
+        if t < L - 1:
+            h = stepper.step(seq.reshape(R, t + 1))  # (R, d)
+            logp, children = _level_log_probs(model, trie, t, h, nodes.reshape(R))  # (R, W), (R, W)
+        else:
+            logp, children = _last_level_log_probs(model, trie, stepper, seq.reshape(R, t + 1), nodes.reshape(R))
         W = trie.width[t]
         total = (scores.unsqueeze(-1) + logp.view(B, K, W)).view(B, K * W)  # (B, K*W)
         scores, idx = total.topk(K, dim=-1)  # (B, K); K <= K*W

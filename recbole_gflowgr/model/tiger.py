@@ -158,7 +158,8 @@ class TIGER(SequentialRecommender):
     def beam_search(self, interaction, beam_size=None):
         """(items, scores), (B, K): RecBole item ids (0 where no item) and constrained sequence log-probs."""
         ids, mask = self.encoder_inputs(interaction)
-        items, scores = constrained_beam_search(self.t5, ids, mask, self.trie, beam_size or self.beam_size)
+        items, scores = constrained_beam_search(self.t5, ids, mask, self.trie, beam_size or self.beam_size,
+                                               length_groups=self.length_buckets)
         return items + 1, scores  # trie index -> RecBole id; -1 (no item) -> 0
 
     def full_sort_predict(self, interaction):
