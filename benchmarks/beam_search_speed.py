@@ -10,7 +10,7 @@ log_softmax after the mask (so the step score is the constrained log-softmax, no
 ``length_penalty=0`` (sequence score = plain sum), no EOS reachable, ``max_new_tokens=L``.  HF keeps 2*num_beams
 candidates per step to make room for EOS; as EOS is never allowed this selects the same beams.
 
-With ``--export saved/<run>.export.pth`` (any TIGER/LETTER run writes one) the model is that trained model with
+With ``--checkpoint saved/<run>.export.pth`` (any TIGER/LETTER run writes one) the model is that trained model with
 its own trie, and the users are its dataset's test histories (the last <= 20 items before each user's last one,
 read from ``dataset/<name>/<name>.inter``), in file order.
 
@@ -19,7 +19,7 @@ key) and skips the decoder on last-level prefixes with a single child (beam_sear
 
     python benchmarks/beam_search_speed.py --quick --threads 1   # --threads 1 on a busy shared CPU
     python benchmarks/beam_search_speed.py --n_items 12000 --eval_users 22363 --batch_size 256
-    python benchmarks/beam_search_speed.py --export saved/TIGER-....export.pth --eval_users 0
+    python benchmarks/beam_search_speed.py --checkpoint saved/TIGER-....export.pth --eval_users 0
 """
 import argparse
 import csv
@@ -168,13 +168,14 @@ def full_eval(model, trie, codes, n_users, beams, batch_size, groups, gen):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n_items", type=int, default=12000)
-    p.add_argument("--compare_users", type=int, default=256, help="users for the comparison with HF generate")
+    p.add_argument("--compare_users", type=int, default=256,
+                   help="users for the comparison with HF generate (0: none)")
     p.add_argument("--eval_users", type=int, default=22363, help="users for the full-evaluation timing")
     p.add_argument("--beams", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=256, help="users per batch (the models' eval_batch_size)")
     p.add_argument("--length_groups", type=int, default=4, help="ours: length groups per batch (length_buckets)")
-    p.add_argument("--export", help="a trained run's *.export.pth: its model, trie and test histories")
-    p.add_argument("--data_path", default="dataset", help="with --export: where <dataset>/<dataset>.inter is")
+    p.add_argument("--checkpoint", help="a trained run's *.export.pth: its model, trie and test histories")
+    p.add_argument("--data_path", default="dataset", help="with --checkpoint: where <dataset>/<dataset>.inter is")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--quick", action="store_true", help="32 comparison users and 512 evaluation users")
     args = p.parse_args()
@@ -184,18 +185,19 @@ def main():
         torch.set_num_threads(args.threads)
 
     gen = torch.Generator().manual_seed(0)
-    if args.export:
-        model, trie, codes, ids, mask = load_trained(args.export, args.data_path, args.compare_users)
+    if args.checkpoint:
+        model, trie, codes, ids, mask = load_trained(args.checkpoint, args.data_path, args.compare_users)
     else:
         model = build_model(0)
         codes = build_codes(args.n_items, gen)
         trie = SemanticIDTrie(codes)
     print(f"{trie}, torch threads {torch.get_num_threads()}")
     with torch.inference_mode():
-        if not args.export:
-            ids, mask = build_histories(args.compare_users, codes, gen)
+        if not args.checkpoint:
+            ids, mask = build_histories(max(args.compare_users, 2), codes, gen)
         constrained_beam_search(model, ids[:2], mask[:2], trie, args.beams)  # warm-up
-        compare(model, trie, ids, mask, codes, args.beams, args.batch_size, args.length_groups)
+        if args.compare_users:
+            compare(model, trie, ids, mask, codes, args.beams, args.batch_size, args.length_groups)
         if args.eval_users:
             full_eval(model, trie, codes, args.eval_users, args.beams, args.batch_size, args.length_groups, gen)
 
