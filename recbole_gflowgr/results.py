@@ -37,6 +37,8 @@ def plain_config(config):
 
 def config_hash(plain):
     stable = {k: v for k, v in plain.items() if k not in VOLATILE_KEYS}
+    if str(stable.get("enable_amp")) != "True":  # amp_dtype only matters under autocast: hashes of fp32 runs (CM,
+        stable.pop("amp_dtype", None)  # SFT caches, resume ids) stay those of the runs before the key existed
     return hashlib.sha1(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -3,9 +3,11 @@ import os
 import time
 import uuid
 
+import torch
 from recbole.trainer import Trainer
 
 from recbole_gflowgr.compat import trusted_checkpoints
+from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.numerics import NumericsMixin
 from recbole_gflowgr.resume import ResumeMixin
 
@@ -19,9 +21,13 @@ class TrainerMixin(ResumeMixin, NumericsMixin):
     * Checkpoint file names get a random suffix (RecBole's are only unique to the second).
     * Atomic checkpoints, a last checkpoint per epoch and ``--resume`` (``resume.py``); a clear error on a
       non-finite loss (``numerics.py``).
+    * Mixed precision: RecBole's ``enable_amp`` autocasts the training loss (``torch.autocast`` in its
+      ``_train_epoch``) in the autocast dtype of the device; ours sets that dtype from ``amp_dtype`` for the epoch
+      (bfloat16 by default; float16 needs RecBole's ``enable_scaler`` and a GPU). Evaluation stays in float32.
     """
 
     def __init__(self, config, model):
+        self.amp_dtype = amp_dtype(config)
         super().__init__(config, model)
         # RecBole names checkpoints <model>-<local time to the second>.pth: two runs started in the same second
         # (a grid with --jobs, tests) would overwrite each other's file
@@ -38,14 +44,34 @@ class TrainerMixin(ResumeMixin, NumericsMixin):
 
     def _train_epoch(self, *args, **kwargs):
         start = time.perf_counter()
+        device_type = self.device.type
+        before = torch.get_autocast_dtype(device_type)
+        torch.set_autocast_dtype(device_type, self.amp_dtype)  # used by RecBole's autocast when enable_amp
         try:
             return super()._train_epoch(*args, **kwargs)
         finally:
+            torch.set_autocast_dtype(device_type, before)
             self.epoch_times = getattr(self, "epoch_times", []) + [time.perf_counter() - start]
 
     def mean_epoch_time(self):
         times = getattr(self, "epoch_times", [])
         return round(sum(times) / len(times), 3) if times else None
+
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def amp_dtype(config):
+    """The autocast dtype of ``amp_dtype``; a clear error for an unknown name or float16 where it cannot work."""
+    name = config["amp_dtype"] or "bfloat16"
+    if name not in AMP_DTYPES:
+        raise ConfigError(f"amp_dtype={name!r} is not an autocast dtype: use bfloat16 or float16")
+    if config["enable_amp"] and name == "float16":
+        if torch.device(config["device"]).type != "cuda":
+            raise ConfigError("amp_dtype=float16 is for GPUs: on CPU use amp_dtype=bfloat16 (or enable_amp=False)")
+        if not config["enable_scaler"]:
+            raise ConfigError("amp_dtype=float16 needs loss scaling: set enable_scaler=True (or use bfloat16)")
+    return AMP_DTYPES[name]
 
 
 _WITH_MIXIN = {}

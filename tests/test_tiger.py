@@ -64,6 +64,30 @@ def test_one_epoch_sft_through_the_cli_writes_a_row(monkeypatch, capsys, model_n
     assert row["config"]["tokenizer"] == ("rqvae" if model_name == "TIGER" else "letter")
 
 
+def test_enable_amp_autocasts_the_training_loss_in_bfloat16(monkeypatch):
+    """RecBole's enable_amp runs our loss under torch.autocast in amp_dtype (bfloat16 on CPU); evaluation does
+    not; the fp32 run's config hash does not depend on amp_dtype (cache keys of runs made before it existed)."""
+    from recbole_gflowgr.results import config_hash
+
+    model_class = get_model("TIGER")
+    seen, loss = [], model_class.calculate_loss
+
+    def spy(self, interaction):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return loss(self, interaction)
+
+    monkeypatch.setattr(model_class, "calculate_loss", spy)
+    args = patch_gr(monkeypatch) + TINY_GR
+    assert run_recbole_gflowgr.main(["--model=TIGER", "--enable_amp=True"] + args) == 0
+    assert seen and set(seen) == {(True, torch.bfloat16)}
+    assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and not torch.is_autocast_enabled("cpu")
+    (row,) = rows()
+    assert row["config"]["enable_amp"] is True and all(0 <= v <= 1 for v in row["test"].values())
+    fp32 = dict(row["config"], enable_amp=False)
+    assert config_hash(fp32) == config_hash({k: v for k, v in fp32.items() if k != "amp_dtype"})
+    assert config_hash(row["config"]) != config_hash(dict(row["config"], amp_dtype="float16"))
+
+
 @pytest.mark.parametrize("method", ["gflowgr-tb", "gflowgr-db", "gflowgr-subtb"])
 def test_gflowgr_chain_trains_sft_first_then_fine_tunes(monkeypatch, method):
     args = patch_gr(monkeypatch) + TINY_GR
@@ -83,6 +107,8 @@ def test_gflowgr_chain_trains_sft_first_then_fine_tunes(monkeypatch, method):
     (["--finetune=gflowgr-tb", "--gflowgr_lambda=-1"], "gflowgr_lambda=-1"),
     (["--finetune=gflowgr-tb", "--gflowgr_n_aug=-2"], "gflowgr_n_aug=-2"),
     (["--finetune=gflowgr-tb", "--pretrained_checkpoint=missing.pth"], "pretrained_checkpoint=missing.pth does not exist"),
+    (["--amp_dtype=half"], "amp_dtype='half' is not an autocast dtype"),
+    (["--enable_amp=True", "--amp_dtype=float16"], "amp_dtype=float16 is for GPUs"),
 ])
 def test_bad_config_is_one_clear_error(monkeypatch, capsys, extra, message):
     args = patch_gr(monkeypatch) + with_args(TINY_GR, extra)
@@ -132,3 +158,24 @@ def test_pretrained_checkpoint_with_other_semantic_ids_is_refused(monkeypatch, c
     assert run_recbole_gflowgr.main(["--model=TIGER", "--finetune=gflowgr-tb", "--pretrained_checkpoint=other_ids.pth"]
                                     + args) == 2
     assert "other semantic IDs" in capsys.readouterr().err
+
+
+def test_amp_dtype_is_the_autocast_dtype_during_the_epoch_only():
+    """The trainer sets the device's autocast dtype to amp_dtype for the epoch (RecBole's autocast reads it) and
+    puts the previous one back, also when the epoch fails."""
+    from recbole_gflowgr.trainer import TrainerMixin
+
+    class Base:
+        def _train_epoch(self, train_data, epoch_idx, fail=False):
+            if fail:
+                raise RuntimeError("boom")
+            return torch.get_autocast_dtype("cpu")
+
+    trainer = object.__new__(type("T", (TrainerMixin, Base), {}))
+    trainer.amp_dtype, trainer.device = torch.float16, torch.device("cpu")  # not a RecBole Trainer: not resumable
+    before = torch.get_autocast_dtype("cpu")
+    assert trainer._train_epoch(None, 0) == torch.float16
+    assert torch.get_autocast_dtype("cpu") == before
+    with pytest.raises(RuntimeError):
+        trainer._train_epoch(None, 1, fail=True)
+    assert torch.get_autocast_dtype("cpu") == before and len(trainer.epoch_times) == 2
