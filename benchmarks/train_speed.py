@@ -6,6 +6,8 @@
 2. Achieved model FLOP/s (FLOPs of one SFT step counted by torch's FlopCounterMode) ÷ dense fp32 matmul FLOP/s
    measured in the same run.
 3. GFlowGR-TB (N = --n_aug augmented trajectories, shared encoder) time per batch ÷ SFT time per batch.
+4. DPO (policy + frozen reference log-probs of chosen and rejected items) per history-length group (ours) vs on
+   the whole batch padded to its longest history, time per batch and ratio.
 
 Semantic IDs are random distinct 4-token IDs (timing does not depend on their content) and the collaborative
 model is an untrained RecBole SASRec (same cost as a trained one), so the script needs no tokenizer or CM cache.
@@ -126,6 +128,26 @@ def main():
     gfn = time_steps(gfn_step, batches)
     print(f"GFlowGR-TB (N={args.n_aug}): {gfn:.3f} s/batch = {gfn / results['bucketed (ours)']:.2f}x SFT "
           f"(bucketed), {gfn / results['batch-longest']:.2f}x SFT (batch-longest)")
+
+    from recbole_gflowgr.finetune.common import freeze, pair_loss, uniform_negatives
+
+    ref_t5, gen = freeze(model.t5), torch.Generator().manual_seed(0)
+    negatives = [uniform_negatives(b[model.ITEM_SEQ], b[model.POS_ITEM_ID], model.n_items, 1, gen) for b in batches]
+    pairs = list(zip(batches, negatives))
+
+    def dpo_step(pair):
+        batch, neg = pair
+        opt.zero_grad()
+        pair_loss(model, ref_t5, batch, batch[model.POS_ITEM_ID], neg, 0.1)[0].mean().backward()
+        opt.step()
+
+    dpo = {}
+    for name, buckets in [("grouped (ours)", config["length_buckets"]), ("whole batch", 1)]:
+        model.length_buckets = buckets
+        dpo[name] = time_steps(dpo_step, pairs)
+        print(f"DPO {name:>15}: {dpo[name]:.3f} s/batch")
+    model.length_buckets = config["length_buckets"]
+    print(f"DPO speed-up of length groups: {dpo['whole batch'] / dpo['grouped (ours)']:.2f}x")
 
 
 if __name__ == "__main__":

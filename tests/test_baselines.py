@@ -174,6 +174,25 @@ def test_uniform_negatives_avoid_the_positive_the_history_and_padding():
     assert seen == set(range(1, N_ITEMS + 1)) - {batch["item_id"][0].item()} - set(batch["item_id_list"][0].tolist())
 
 
+def test_policy_and_reference_per_length_group_equal_the_whole_batch():
+    """Grouped by history length (length_buckets > 1): the same log-probs, per-step log-probs, decoder states and
+    policy gradients, in batch order."""
+    model, ref = ToyGR(seed=1).eval(), ToyGR(seed=2).t5.eval()
+    batch = toy_batch(B=7, seed=3)
+    items = torch.randint(1, N_ITEMS + 1, (7, 3), generator=torch.Generator().manual_seed(4))
+    out = {}
+    for buckets in (1, 3):
+        model.length_buckets = buckets
+        model.zero_grad()
+        logp, ref_logp, hidden = policy_and_reference(model, ref, batch, items, steps=True, hidden=True)
+        (logp.sum() + hidden.square().mean()).backward()
+        out[buckets] = [logp.detach(), ref_logp, hidden.detach()] + [p.grad.clone() for p in model.t5.parameters()
+                                                                     if p.grad is not None]
+    assert len(out[1]) == len(out[3]) > 3
+    for a, b in zip(out[1], out[3]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 # ----- rollouts ----------------------------------------------------------------------------------------------
 def test_sampler_follows_the_constrained_policy():
     model = ToyGR(seed=1).eval()

@@ -84,7 +84,15 @@ def policy_and_reference(model, ref_t5, interaction, items, rows=None, steps=Fal
     """(policy, reference) constrained log-probs of RecBole ``items`` (B, M) for the batch rows ``rows``: (B, M) each,
     or per step (B, M, L) with ``steps``; with ``hidden`` the policy's decoder states (B, M, L, d) come third
     (position t = the state that predicts token t). The policy is differentiable; the reference runs without grad
-    (``ref_t5=None``: not run, None returned in its place)."""
+    (``ref_t5=None``: not run, None returned in its place). For the whole batch (``rows=None``) both run per
+    history-length group (the model's ``length_groups``, as SFT and GFlowGR do) and the rows are put back in
+    batch order."""
+    if rows is None and getattr(model, "length_buckets", 1) > 1:
+        groups = [g for g in model.length_groups(interaction) if g is not None]
+        if groups:
+            parts = [policy_and_reference(model, ref_t5, interaction, items[g], g, steps, hidden) for g in groups]
+            back = torch.argsort(torch.cat(groups))  # (B,) batch row -> position in the grouped order
+            return tuple(None if part[0] is None else torch.cat(part)[back] for part in zip(*parts))
     ids, mask = model.encoder_inputs(interaction, rows)  # (B, S)
     out = sequence_log_probs(model.t5, None, mask, model.trie, items - 1, encoder_outputs=encode(model.t5, ids, mask),
                              return_steps=True, return_hidden=hidden)  # (B, M), (B, M, L)[, (B, M, L, d)]
