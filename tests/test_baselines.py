@@ -17,7 +17,8 @@ from transformers import T5Config, T5ForConditionalGeneration
 from conftest import REPO
 from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.finetune.common import (
-    disable_dropout, pair_loss, policy_and_reference, preference_loss, sample_items, top_items, uniform_negatives,
+    disable_dropout, pair_loss, policy_and_reference, policy_samples, preference_loss, sample_items, top_items,
+    uniform_negatives,
 )
 from recbole_gflowgr.finetune.dpo import DPOTrainer
 from recbole_gflowgr.finetune.grpo import GRPOTrainer, group_advantages, k3_kl
@@ -194,6 +195,20 @@ def test_policy_and_reference_per_length_group_equal_the_whole_batch():
 
 
 # ----- rollouts ----------------------------------------------------------------------------------------------
+def test_policy_samples_per_length_group_are_in_batch_order():
+    """Sampled per history-length group, each user's samples and their step log-probs come back in its row: the
+    log-probs are the teacher-forced ones of that user's history."""
+    model = ToyGR(seed=1).eval()
+    model.length_buckets = 3
+    batch = toy_batch(B=7, seed=5)
+    items, steps = policy_samples(model, batch, 4, generator=torch.Generator().manual_seed(0))  # (7, 4), (7, 4, 3)
+    assert items.shape == (7, 4) and steps.shape == (7, 4, 3) and items.min() >= 1 and items.max() <= N_ITEMS
+    with torch.no_grad():
+        model.length_buckets = 1
+        want = policy_and_reference(model, None, batch, items, steps=True)[0]
+    torch.testing.assert_close(steps, want, atol=1e-5, rtol=1e-4)
+
+
 def test_sampler_follows_the_constrained_policy():
     model = ToyGR(seed=1).eval()
     batch = toy_batch(B=3)

@@ -157,6 +157,19 @@ def sample_items(t5, ids, mask, trie, n, temperature=1.0, generator=None):
     return nodes.view(B, n) + 1, torch.stack(steps, dim=1).view(B, n, L)
 
 
+def policy_samples(model, interaction, n, temperature=1.0, generator=None):
+    """:func:`sample_items` for a batch of the model: (items (B, n), step log-probs (B, n, L)), sampled per
+    history-length group (the model's ``length_groups``) and put back in batch order."""
+    groups = [g for g in model.length_groups(interaction) if g is not None]
+    if not groups:
+        ids, mask = model.encoder_inputs(interaction)
+        return sample_items(model.t5, ids, mask, model.trie, n, temperature, generator)
+    parts = [sample_items(model.t5, *model.encoder_inputs(interaction, g), model.trie, n, temperature, generator)
+             for g in groups]
+    back = torch.argsort(torch.cat(groups))  # (B,) batch row -> position in the grouped order
+    return tuple(torch.cat(part)[back] for part in zip(*parts))
+
+
 # ----- preference losses -------------------------------------------------------------------------------------
 def preference_loss(delta_chosen, delta_rejected, beta):
     """S-DPO (Chen et al., NeurIPS 2024): ``-log sigmoid(-log sum_j exp(beta * (r_j - r_c)))`` per example, with

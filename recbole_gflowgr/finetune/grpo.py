@@ -15,7 +15,7 @@ function, the last by RecBole's loop. ``grpo_disable_dropout`` removes dropout s
 """
 from recbole_gflowgr.finetune.common import (
     REWARDS, BaselineTrainer, clipped_surrogate, disable_dropout, item_rewards, optimisation_steps,
-    policy_and_reference, require, require_choice, sample_items,
+    policy_and_reference, policy_samples, require, require_choice,
 )
 
 ADV_EPS = 1e-4
@@ -59,8 +59,7 @@ class GRPOTrainer(BaselineTrainer):
     def rollout(self, interaction):
         """{"items" (B, G), "reward" (B, G), "adv" (B, G)} sampled from the current policy."""
         model = self.model
-        ids, mask = model.encoder_inputs(interaction)
-        items, _ = sample_items(model.t5, ids, mask, model.trie, self.G, self.temperature, self.generator)
+        items, _ = policy_samples(model, interaction, self.G, self.temperature, self.generator)  # (B, G)
         reward = item_rewards(model, self.scorer, interaction, items, self.config, self.reward)  # (B, G)
         return {"items": items, "reward": reward, "adv": group_advantages(reward)}
 

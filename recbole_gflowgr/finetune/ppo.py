@@ -23,7 +23,7 @@ from torch import nn
 
 from recbole_gflowgr.finetune.common import (
     REWARDS, BaselineTrainer, clipped_surrogate, disable_dropout, item_rewards, optimisation_steps,
-    policy_and_reference, require, require_choice, sample_items,
+    policy_and_reference, policy_samples, require, require_choice,
 )
 
 
@@ -88,8 +88,7 @@ class PPOTrainer(BaselineTrainer):
     def rollout(self, interaction):
         """{"items" (B, n), "reward" (B, n)}: episodes sampled from the current policy."""
         model = self.model
-        ids, mask = model.encoder_inputs(interaction)
-        items, _ = sample_items(model.t5, ids, mask, model.trie, self.n, self.temperature, self.generator)
+        items, _ = policy_samples(model, interaction, self.n, self.temperature, self.generator)  # (B, n)
         return {"items": items, "reward": item_rewards(model, self.scorer, interaction, items, self.config, self.reward)}
 
     def objective(self, interaction, rollout):
