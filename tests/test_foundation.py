@@ -1,6 +1,7 @@
 """Foundation: conversion, our yaml, the runner end to end, clear errors, RecBole compatibility fixes."""
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -82,6 +83,22 @@ def test_reprovisioned_source_keeps_caches_and_changed_source_drops_them():
     write_letter(src, "tiny", inter, items)
     prepare_dataset("tiny", "dataset/tiny", source_path=src)
     assert not os.path.exists("dataset/tiny/tokenizer")
+
+
+def test_converted_dataset_is_used_where_its_sources_are_absent():
+    """dataset/<name>/ carried to a machine without the source files (e.g. the GPU machine): used as it is; a
+    source that is there but unreadable is still an error."""
+    src, _, _ = tiny_letter()
+    prepare_dataset("tiny", "dataset/tiny", source_path=src)
+    stamp = os.stat("dataset/tiny/tiny.inter").st_mtime_ns
+    shutil.rmtree(src)
+    manifest = prepare_dataset("tiny", "dataset/tiny", source_path=src)
+    assert manifest["n_interactions"] == 240 and os.stat("dataset/tiny/tiny.inter").st_mtime_ns == stamp
+    os.makedirs(src)
+    with open(os.path.join(src, "tiny.inter.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(DatasetError, match="tiny.inter.json"):
+        prepare_dataset("tiny", "dataset/tiny", source_path=src)
 
 
 def test_ml100k_from_the_recbole_wheel():

@@ -175,8 +175,11 @@ def prepare_dataset(name, out_dir, source_path=None, source_prefix=None, logger=
     if old and all(os.path.isfile(p) for p in paths) and old.get("version") == CONVERTER_VERSION \
             and old.get("sources") == _sources_signature(paths):
         return old
-    if old is None and os.path.isfile(os.path.join(out_dir, f"{name}.inter")) and not os.path.isdir(spec.default_source):
+    have_atomic = os.path.isfile(os.path.join(out_dir, f"{name}.inter"))
+    if old is None and have_atomic and not os.path.isdir(spec.default_source):
         return {"name": name}  # user-provided atomic files, no source
+    if old and old.get("version") == CONVERTER_VERSION and have_atomic and not any(map(os.path.isfile, paths)):
+        return old  # converted before, sources not here (a copy of dataset/ carried to another machine): use it
     loader = _load_letter if spec.source_format == "letter" else _load_recbole_ml
     sequences, table, paths = loader(spec)
     manifest = {"name": name, "version": CONVERTER_VERSION, "sources": _sources_signature(paths)}
