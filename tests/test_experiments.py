@@ -140,3 +140,41 @@ def test_real_cell_runs_in_a_subprocess_writes_a_tagged_row_and_is_skipped_after
     assert row["experiment_cell"] == experiments.expand(grid)[0].key
     assert os.listdir(os.path.join("res", "logs", "tiny")) == [os.path.basename(row["log"])]
     assert experiments.run_grid(grid, "res")["ran"] == []
+
+
+def test_gpu_chunk_results_merge_adds_only_new_rows_and_files():
+    """benchmarks/gpu/merge.py: rows the chunk added are appended once (merging twice adds nothing), rows written
+    here meanwhile stay, new logs are copied, existing files and the runner's pid claims are left alone."""
+    import importlib.util
+    import tarfile
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("gpu_merge", os.path.join(REPO, "benchmarks", "gpu", "merge.py"))
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    os.makedirs("here/logs/d")
+    with open("here/d.jsonl", "w") as f:
+        f.write('{"a": 1}\n{"local": 2}\n')
+    with open("here/logs/d/old.log", "w") as f:
+        f.write("ours")
+    os.makedirs("chunk/results/logs/d")
+    os.makedirs("chunk/results/.running")
+    with open("chunk/results/d.jsonl", "w") as f:
+        f.write('{"a": 1}\n{"b": 2}\n{"c": 3}\n')
+    with open("chunk/results/e.jsonl", "w") as f:
+        f.write('{"e": 1}\n')
+    for name, text in (("old.log", "theirs"), ("new.log", "new")):
+        with open(f"chunk/results/logs/d/{name}", "w") as f:
+            f.write(text)
+    open("chunk/results/.running/abc.pid", "w").close()
+    with tarfile.open("results.tar.gz", "w:gz") as tar:
+        tar.add("chunk/results", arcname="results")
+    added = merge.merge("results.tar.gz", "here")
+    assert added == {"d.jsonl": 2, "e.jsonl": 1, os.path.join("logs", "d", "new.log"): 1}
+    with open("here/d.jsonl") as f:
+        assert f.read().splitlines() == ['{"a": 1}', '{"local": 2}', '{"b": 2}', '{"c": 3}']
+    with open("here/logs/d/old.log") as f:
+        assert f.read() == "ours"
+    assert not os.path.exists("here/.running/abc.pid")
+    assert merge.merge("results.tar.gz", "here") == {}

@@ -1,0 +1,31 @@
+#!/bin/bash
+# Packs into .carry/ (git-ignored) what a grid needs on the `device` GPU machine, where ../shared is not:
+# each dataset's converted atomic files, manifest and semantic-ID folders (not the text embeddings: runs read the
+# IDs) and its cached collaborative SASRec. Run here, from the repo root, after ../shared/tools/device-wheels.sh:
+#   bash benchmarks/gpu/bundle.sh amazon-beauty [yelp ...]
+# then call the device with carry [".whl", ".carry"] and benchmarks/gpu/chunk.sh (see README "GPU runs").
+set -eu
+[ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu/bundle.sh <dataset> [<dataset> ...]" >&2; exit 2; }
+grep -qx '/.carry/' .git/info/exclude 2>/dev/null || echo '/.carry/' >> .git/info/exclude
+rm -rf .carry
+mkdir -p .carry/dataset .carry/saved/collaborative
+for name in "$@"; do
+  src=dataset/$name
+  if [ ! -f "$src/manifest.json" ]; then
+    echo "error: $src/manifest.json missing: convert it first (any run with --dataset=$name)" >&2; exit 2
+  fi
+  mkdir -p ".carry/$src/tokenizer"
+  cp "$src/$name.inter" "$src/$name.item" "$src/manifest.json" ".carry/$src/"
+  for ids in "$src"/tokenizer/*/; do [ -d "$ids" ] && cp -r "$ids" ".carry/$src/tokenizer/"; done
+  found=0
+  for f in saved/collaborative/"$name"-SASRec-*.pth saved/collaborative/"$name"-SASRec-*.json; do
+    [ -f "$f" ] && cp "$f" .carry/saved/collaborative/ && found=1
+  done
+  [ $found = 1 ] || echo "note: no cached collaborative SASRec of $name: the grid will train it on the GPU"
+done
+kib=$(du -sk .carry $( [ -d .whl ] && echo .whl ) | awk '{s += $1} END {print s}')
+du -sh .carry $( [ -d .whl ] && echo .whl )
+if [ "$kib" -gt 61440 ]; then
+  echo "error: .carry + .whl = $kib KiB: over what one device call can carry (64 MiB with the tree); bundle fewer datasets" >&2
+  exit 2
+fi
