@@ -201,7 +201,8 @@ class RQVAETrainer:
             if self.cfg["kmeans_init"]:
                 book.data.copy_(kmeans(residual, book.shape[0], self.cfg["kmeans_iters"], self.gen))
             else:
-                book.data.uniform_(-1.0 / book.shape[0], 1.0 / book.shape[0], generator=self.gen)
+                init = torch.empty(book.shape).uniform_(-1.0 / book.shape[0], 1.0 / book.shape[0], generator=self.gen)
+                book.data.copy_(init)  # drawn on the CPU generator, whatever the device
             residual = residual - book[sq_dist(residual, book).argmin(1)]
         self.init_codes = [b.detach().clone().cpu() for b in self.model.rq.codebooks]
 
