@@ -245,6 +245,12 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
                 blocked.add(cell.key)
                 tqdm.write(f"{cell.label} is being run by another process: left to it")
             return
+        if cell.key in done_cells(results_dir, read_rows(results_dir)):  # another runner finished it since we read
+            release(cell, results_dir)
+            with lock:
+                report["done"].append(cell)
+                tqdm.write(f"{cell.label} was finished by another process meanwhile")
+            return
         try:
             row, wall, log_path = launcher(cell, results_dir, log_dir, threads)
         finally:

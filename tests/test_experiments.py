@@ -98,6 +98,24 @@ def test_a_cell_run_by_another_live_process_is_left_to_it():
     assert os.listdir(os.path.join("res", ".running")) == [f"{first.key}.pid"]  # ours released, theirs kept
 
 
+def test_a_cell_finished_by_another_runner_after_our_start_is_not_run_again():
+    """Two runner commands on one grid: a cell that the other one finished after ours read results/ (its claim
+    already released) is found done when ours claims it, and is not run twice."""
+    grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["sft"], seeds=[1, 2])
+    second = experiments.expand(grid)[1]
+    calls = []
+    launch = fake_launcher(calls)
+
+    def launch_and_other_runner_finishes_seed_2(cell, results_dir, log_dir, threads):
+        if cell.key != second.key:
+            append_row(fake_row(second), results_dir)  # the other runner's row for seed 2, written meanwhile
+        return launch(cell, results_dir, log_dir, threads)
+
+    report = experiments.run_grid(grid, "res", launcher=launch_and_other_runner_finishes_seed_2)
+    assert calls == ["d TIGER sft seed=1"] and [c.label for c in report["done"]] == ["d TIGER sft seed=2"]
+    assert len(read_rows("res")) == 2 and os.listdir(os.path.join("res", ".running")) == []
+
+
 def test_bad_grids_give_clear_errors():
     with pytest.raises(ConfigError, match="unknown grid key"):
         write_grid(datasets=["d"], model=["TIGER"])
