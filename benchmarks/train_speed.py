@@ -5,9 +5,10 @@
    sequences/s and ratios.
 2. Achieved model FLOP/s (FLOPs of one SFT step counted by torch's FlopCounterMode) ÷ dense fp32 matmul FLOP/s
    measured in the same run.
-3. GFlowGR-TB (N = --n_aug augmented trajectories, shared encoder) time per batch ÷ SFT time per batch.
+3. GFlowGR-TB (N = --n_aug augmented trajectories, shared encoder) time per batch ÷ SFT time per batch, the two
+   steps taken in turn on each batch (a shared machine's load then weighs on both alike).
 4. DPO (policy + frozen reference log-probs of chosen and rejected items) per history-length group (ours) vs on
-   the whole batch padded to its longest history, time per batch and ratio.
+   the whole batch padded to its longest history, time per batch and ratio (in turn on each batch, as in 3).
 
 Semantic IDs are random distinct 4-token IDs (timing does not depend on their content) and the collaborative
 model is an untrained RecBole SASRec (same cost as a trained one), so the script needs no tokenizer or CM cache.
@@ -57,6 +58,20 @@ def time_steps(step, batches):
     for batch in batches[1:]:
         step(batch)
     return (time.perf_counter() - start) / (len(batches) - 1)
+
+
+def time_interleaved(steps, batches):
+    """Mean seconds per batch of each of ``steps`` (name -> step), run in turn on every batch, so that a change of
+    machine load during the measurement affects all of them alike (their ratio is what we report)."""
+    for step in steps.values():
+        step(batches[0])  # warm-up
+    total = dict.fromkeys(steps, 0.0)
+    for batch in batches[1:]:
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(batch)
+            total[name] += time.perf_counter() - start
+    return {name: t / (len(batches) - 1) for name, t in total.items()}
 
 
 def main():
@@ -125,9 +140,9 @@ def main():
         sum(trainer.gflowgr_loss(batch)).backward()
         trainer.optimizer.step()
 
-    gfn = time_steps(gfn_step, batches)
-    print(f"GFlowGR-TB (N={args.n_aug}): {gfn:.3f} s/batch = {gfn / results['bucketed (ours)']:.2f}x SFT "
-          f"(bucketed), {gfn / results['batch-longest']:.2f}x SFT (batch-longest)")
+    pair = time_interleaved({"sft": sft_step, "gfn": gfn_step}, batches)  # SFT and GFlowGR in turn, same batches
+    print(f"GFlowGR-TB (N={args.n_aug}): {pair['gfn']:.3f} s/batch vs SFT (bucketed) {pair['sft']:.3f} s/batch in "
+          f"turn on the same batches: {pair['gfn'] / pair['sft']:.2f}x")
 
     from recbole_gflowgr.finetune.common import freeze, pair_loss, uniform_negatives
 
@@ -141,12 +156,17 @@ def main():
         pair_loss(model, ref_t5, batch, batch[model.POS_ITEM_ID], neg, 0.1)[0].mean().backward()
         opt.step()
 
-    dpo = {}
-    for name, buckets in [("grouped (ours)", config["length_buckets"]), ("whole batch", 1)]:
-        model.length_buckets = buckets
-        dpo[name] = time_steps(dpo_step, pairs)
-        print(f"DPO {name:>15}: {dpo[name]:.3f} s/batch")
+    def with_buckets(buckets):
+        def step(pair):
+            model.length_buckets = buckets
+            dpo_step(pair)
+        return step
+
+    dpo = time_interleaved({"grouped (ours)": with_buckets(config["length_buckets"]), "whole batch": with_buckets(1)},
+                           pairs)
     model.length_buckets = config["length_buckets"]
+    for name, t in dpo.items():
+        print(f"DPO {name:>15}: {t:.3f} s/batch")
     print(f"DPO speed-up of length groups: {dpo['whole batch'] / dpo['grouped (ours)']:.2f}x")
 
 

@@ -279,6 +279,42 @@ def test_sampler_never_returns_excluded(b, n_items, n_aug, seed, p_excl, progres
         assert all(len(set(row)) == n_aug for row in out.tolist())
 
 
+def _window_mask_by_full_sort(sampler, scores, exclude, p):
+    """Reference: the curriculum window from a full sort of every row (what the partial sort must equal)."""
+    n_allowed = (~exclude).sum(1)
+    s = torch.nan_to_num(scores.float(), nan=-3e38, posinf=3e38, neginf=-3e38).masked_fill(exclude, math.inf)
+    ranked = s.sort(dim=1).values
+    lo, hi = sampler.window_bounds(p)
+    n = n_allowed.double()
+    first = torch.minimum(torch.floor(lo * n).long(), n_allowed - 1)
+    stop = torch.minimum(torch.ceil(hi * n).long(), n_allowed)
+    k = (stop - first).clamp(min=1)
+    m = torch.clamp(k, min=sampler.n_aug)
+    begin = torch.minimum((first - (m - k) // 2).clamp(min=0), n_allowed - m)
+    s_lo, s_hi = ranked.gather(1, begin[:, None]), ranked.gather(1, (begin + m - 1)[:, None])
+    return ~exclude & (s >= s_lo) & (s <= s_hi)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(b=st.integers(1, 5), n_items=st.integers(3, 80), n_aug=st.integers(1, 4), seed=st.integers(0, 10 ** 6),
+       p_excl=st.floats(0.0, 0.6), progress=st.floats(0.0, 1.0), window=st.floats(0.01, 1.0), ties=st.booleans(),
+       nans=st.booleans())
+def test_sampler_window_equals_full_sort(b, n_items, n_aug, seed, p_excl, progress, window, ties, nans):
+    """The window comes from a partial sort (topk from the nearer end): the same mask as a full sort, with ties,
+    NaN scores and excluded items, at every point of the curriculum."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 3, (b, n_items), generator=g).float() if ties else torch.randn(b, n_items, generator=g)
+    if nans:
+        scores[torch.rand(b, n_items, generator=g) < 0.1] = float("nan")
+    exclude = torch.rand(b, n_items, generator=g) < p_excl
+    exclude[:, 0] = True
+    if ((~exclude).sum(1) < n_aug).any():
+        return
+    sampler = AdaptiveSampler(n_aug, window=window)
+    got = sampler._window_mask(scores, exclude, (~exclude).sum(1), progress)
+    assert torch.equal(got, _window_mask_by_full_sort(sampler, scores, exclude, progress))
+
+
 def test_sampler_curriculum_mean_score_rises():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(64, 500, generator=g)

@@ -158,9 +158,6 @@ class AdaptiveSampler:
             s = s.float()
         big = torch.finfo(s.dtype).max
         s = torch.nan_to_num(s, nan=-big, posinf=big, neginf=-big)  # (B, n_items), finite
-        s = s.masked_fill(exclude, math.inf)  # excluded items sort last
-        sorted_s = s.sort(dim=1).values  # (B, n_items): first n_allowed[b] entries are the allowed scores
-
         lo, hi = self.window_bounds(p)
         n = n_allowed.to(torch.float64)  # (B,)
         first = torch.floor(lo * n).long()  # (B,) first rank in the window
@@ -171,6 +168,14 @@ class AdaptiveSampler:
         begin = first - (m - k) // 2  # (B,) widen around the centre ...
         begin = torch.minimum(begin.clamp(min=0), n_allowed - m)  # ... shifted to stay inside [0, n_b)
         last = begin + m - 1  # (B,)
-        s_lo = sorted_s.gather(1, begin.unsqueeze(1))  # (B, 1)
-        s_hi = sorted_s.gather(1, last.unsqueeze(1))  # (B, 1)
+        # the allowed scores of ascending ranks begin and last, from a partial sort (topk) of the nearer end of
+        # the ranking instead of a full sort of every row: the same values (ties included)
+        below, above = int(last.max()) + 1, int((n_allowed - begin).max())  # ranks needed from each end
+        if below <= above:
+            ranked = s.masked_fill(exclude, math.inf).topk(below, dim=1, largest=False).values  # (B, below) ascending
+            s_lo, s_hi = ranked.gather(1, begin.unsqueeze(1)), ranked.gather(1, last.unsqueeze(1))  # (B, 1) each
+        else:  # ascending rank r of an allowed score = position n_allowed - 1 - r from the top
+            ranked = s.masked_fill(exclude, -math.inf).topk(above, dim=1).values  # (B, above) descending
+            s_lo = ranked.gather(1, (n_allowed - 1 - begin).unsqueeze(1))  # (B, 1)
+            s_hi = ranked.gather(1, (n_allowed - 1 - last).unsqueeze(1))  # (B, 1)
         return ~exclude & (s >= s_lo) & (s <= s_hi)  # (B, n_items)
