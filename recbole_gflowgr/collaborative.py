@@ -55,7 +55,8 @@ def train_or_load(dataset, data_path="dataset", config_dict=None):
 def _train(dataset, data_path, config_dict, path):
     from recbole_gflowgr.quick_start import run
 
-    overrides = {"data_path": data_path, "show_progress": False}
+    # resume: an interrupted CM training (hours on CPU for yelp) continues from its last epoch's checkpoint
+    overrides = {"data_path": data_path, "show_progress": False, "resume": True}
     overrides.update(config_dict or {})
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
