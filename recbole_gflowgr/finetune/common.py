@@ -80,19 +80,31 @@ def eval_mode(module):
         module.train(was)
 
 
+def per_length_group(model, interaction, fn):
+    """``fn(rows)``, a tuple of (B', ...) tensors (or None) for the batch rows ``rows``, run per history-length group
+    (the model's ``length_groups``, as SFT and GFlowGR do) and put back in batch order; one call ``fn(None)`` on the
+    whole batch when the model does not group."""
+    groups = [g for g in model.length_groups(interaction) if g is not None]
+    if not groups:
+        return fn(None)
+    parts = [fn(g) for g in groups]
+    back = torch.argsort(torch.cat(groups))  # (B,) batch row -> position in the grouped order
+    return tuple(None if part[0] is None else torch.cat(part)[back] for part in zip(*parts))
+
+
 def policy_and_reference(model, ref_t5, interaction, items, rows=None, steps=False, hidden=False):
     """(policy, reference) constrained log-probs of RecBole ``items`` (B, M) for the batch rows ``rows``: (B, M) each,
     or per step (B, M, L) with ``steps``; with ``hidden`` the policy's decoder states (B, M, L, d) come third
     (position t = the state that predicts token t). The policy is differentiable; the reference runs without grad
     (``ref_t5=None``: not run, None returned in its place). For the whole batch (``rows=None``) both run per
-    history-length group (the model's ``length_groups``, as SFT and GFlowGR do) and the rows are put back in
-    batch order."""
-    if rows is None and getattr(model, "length_buckets", 1) > 1:
-        groups = [g for g in model.length_groups(interaction) if g is not None]
-        if groups:
-            parts = [policy_and_reference(model, ref_t5, interaction, items[g], g, steps, hidden) for g in groups]
-            back = torch.argsort(torch.cat(groups))  # (B,) batch row -> position in the grouped order
-            return tuple(None if part[0] is None else torch.cat(part)[back] for part in zip(*parts))
+    history-length group (:func:`per_length_group`)."""
+    if rows is None:
+        return per_length_group(model, interaction, lambda g: _policy_and_reference(
+            model, ref_t5, interaction, items if g is None else items[g], g, steps, hidden))
+    return _policy_and_reference(model, ref_t5, interaction, items, rows, steps, hidden)
+
+
+def _policy_and_reference(model, ref_t5, interaction, items, rows, steps, hidden):
     ids, mask = model.encoder_inputs(interaction, rows)  # (B, S)
     out = sequence_log_probs(model.t5, None, mask, model.trie, items - 1, encoder_outputs=encode(model.t5, ids, mask),
                              return_steps=True, return_hidden=hidden)  # (B, M), (B, M, L)[, (B, M, L, d)]
@@ -159,15 +171,9 @@ def sample_items(t5, ids, mask, trie, n, temperature=1.0, generator=None):
 
 def policy_samples(model, interaction, n, temperature=1.0, generator=None):
     """:func:`sample_items` for a batch of the model: (items (B, n), step log-probs (B, n, L)), sampled per
-    history-length group (the model's ``length_groups``) and put back in batch order."""
-    groups = [g for g in model.length_groups(interaction) if g is not None]
-    if not groups:
-        ids, mask = model.encoder_inputs(interaction)
-        return sample_items(model.t5, ids, mask, model.trie, n, temperature, generator)
-    parts = [sample_items(model.t5, *model.encoder_inputs(interaction, g), model.trie, n, temperature, generator)
-             for g in groups]
-    back = torch.argsort(torch.cat(groups))  # (B,) batch row -> position in the grouped order
-    return tuple(torch.cat(part)[back] for part in zip(*parts))
+    history-length group (:func:`per_length_group`)."""
+    return per_length_group(model, interaction, lambda g: sample_items(
+        model.t5, *model.encoder_inputs(interaction, g), model.trie, n, temperature, generator))
 
 
 # ----- preference losses -------------------------------------------------------------------------------------
