@@ -55,12 +55,11 @@ def sft_cache_path(config):
 
     plain = backbone_keys(plain_config(config))
     plain["sft_seed"] = config["seed"]  # config_hash leaves "seed" out
-    # the IDs themselves (their folder is named by the tokenizer's config hash): a changed tokenizer yaml or code
-    # version gives other IDs, and so another SFT checkpoint
+    # the IDs themselves: other IDs (a changed tokenizer config, code or item text) give another SFT checkpoint; a
+    # tokenizer change that leaves a dataset's IDs as they were keeps its checkpoints
     model_class = get_model(config["model"])
     prepare_dataset(config["dataset"], config["data_path"], config["source_path"], config["source_prefix"])
-    plain["semantic_ids"] = os.path.basename(os.path.normpath(
-        fetch_semantic_ids(config, config["tokenizer"] or model_class.default_tokenizer).path))
+    plain["semantic_ids"] = fetch_semantic_ids(config, config["tokenizer"] or model_class.default_tokenizer).digest()
     return os.path.join(config["checkpoint_dir"], "sft", f"{config['dataset']}-{config['model']}-{config_hash(plain)}.pth")
 
 

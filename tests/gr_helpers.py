@@ -1,10 +1,10 @@
 """Shared fixtures of the generative-model tests: a tiny dataset, stand-in semantic IDs and collaborative model."""
-import types
 
 import numpy as np
 import pandas as pd
 import torch
 
+from recbole_gflowgr.tokenizer.semantic_ids import SemanticIDs
 from test_foundation import tiny_letter
 
 TINY_GR = ["--d_model=16", "--d_kv=8", "--num_heads=2", "--d_ff=32", "--num_encoder_layers=1",
@@ -23,8 +23,7 @@ def fake_semantic_ids(config, tokenizer, levels=(4, 4)):
         key = tuple(row[:-1])
         row[-1] = seen.get(key, 0)
         seen[key] = row[-1] + 1
-    return types.SimpleNamespace(item_tokens=items, codes=codes.astype(np.int64),
-                                 level_sizes=list(levels) + [int(codes[:, -1].max()) + 1], path="fake")
+    return SemanticIDs(items, codes.astype(np.int64), list(levels) + [int(codes[:, -1].max()) + 1], "fake")
 
 
 class FakeScorer:

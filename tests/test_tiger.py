@@ -179,3 +179,29 @@ def test_amp_dtype_is_the_autocast_dtype_during_the_epoch_only():
     with pytest.raises(RuntimeError):
         trainer._train_epoch(None, 1, fail=True)
     assert torch.get_autocast_dtype("cpu") == before and len(trainer.epoch_times) == 2
+
+
+def test_sft_cache_follows_the_ids_not_the_tokenizer_folder(monkeypatch):
+    """Same IDs from another tokenizer folder (a config or code change that left them as they were): same SFT
+    checkpoint; one changed code: another one."""
+    import recbole_gflowgr.model.tiger as tiger
+    from gr_helpers import fake_semantic_ids
+    from recbole_gflowgr.quick_start import sft_cache_path
+
+    args = patch_gr(monkeypatch) + TINY_GR + ["--finetune=sft"]
+    config = load_config("TIGER", None, cmd_args=args)
+    first = sft_cache_path(config)
+    monkeypatch.setattr(tiger, "fetch_semantic_ids", lambda c, t: _with(fake_semantic_ids(c, t)))
+    assert sft_cache_path(config) == first
+
+    def changed(c, t):
+        ids = _with(fake_semantic_ids(c, t))
+        ids.codes[1, 0] = (ids.codes[1, 0] + 1) % 4
+        return ids
+    monkeypatch.setattr(tiger, "fetch_semantic_ids", changed)
+    assert sft_cache_path(config) != first
+
+
+def _with(ids, path="another-folder-v6"):
+    ids.path = path
+    return ids

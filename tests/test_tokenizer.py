@@ -95,10 +95,60 @@ def test_same_seed_same_ids_other_seed_other_ids():
 
 def test_keep_best_collision_keeps_the_lowest_collision_model():
     emb = synthetic()
-    codes, trainer = train_rqvae(emb, rq_cfg(epochs=6, eval_every=1, keep_best_collision=True), seed=1)
+    cfg = rq_cfg(epochs=6, eval_every=1, keep_best_collision=True, fill_dead_codes=[])  # the kept model as it was
+    codes, trainer = train_rqvae(emb, cfg, seed=1)
     rates = [row["collision_rate"] for row in trainer.history]
     assert len(rates) == 6 and trainer.best["epoch"] == 1 + int(np.argmin(rates))
     assert code_stats(codes, [16, 16])["collision_rate"] == pytest.approx(min(rates), abs=1e-5)
+
+
+def test_fill_dead_codes_gives_every_code_of_the_level_an_item():
+    trainer = RQVAETrainer(synthetic(), rq_cfg(epochs=2, fill_dead_codes=[]), seed=0).fit()
+    book = trainer.model.rq.codebooks[0]
+    book.data[[3, 7]] = 1e3  # two codes no item is near
+    assert (np.bincount(trainer.codes()[:, 0], minlength=16) == 0).sum() == 2
+    before = trainer.codes()
+    assert trainer.fill_dead_codes([]) == 0 and (trainer.codes() == before).all()  # off: nothing changes
+    assert trainer.fill_dead_codes([0]) == 2
+    counts = np.bincount(trainer.codes()[:, 0], minlength=16)
+    assert (counts > 0).all()
+    latents = trainer.latents()
+    for code in (3, 7):  # each filled code is an item's latent, and that item takes it
+        i = int(sq_dist(book.data[code:code + 1], latents).argmin())
+        assert torch.equal(book.data[code], latents[i]) and trainer.codes()[i, 0] == code
+    assert trainer.fill_dead_codes([0]) == 0  # nothing left to fill
+
+
+def test_fill_dead_codes_runs_after_training_from_the_config():
+    cfg = rq_cfg(epochs=1, kmeans_init=False, dead_code_reinit=False, fill_dead_codes=[0, 1])  # random init: dead codes
+    _, trainer = train_rqvae(synthetic(n=60), cfg)
+    codes = trainer.codes()
+    assert trainer.filled > 0
+    assert len(np.unique(codes[:, 0])) == 16 and len(np.unique(codes[:, 1])) == 16
+
+
+def test_collisions_split_items_of_one_embedding_but_different_text():
+    emb = synthetic()
+    emb[:40] = emb[0]  # 40 items with one embedding: 20 with one text, 20 with another (e.g. case variants)
+    keys = np.r_[np.zeros(20), np.ones(20), np.arange(2, N_ITEMS - 38)].astype(int)
+    cfg = load_tokenizer_config("letter", None, dict(TINY, num_emb_list=[16, 16, 16], sk_epsilons=[0, 0, 0.003]))
+    cf = synthetic(d=8, seed=1)
+    by_text, _, _ = train_letter(emb, cf, cfg, seed=3, item_keys=keys)
+    by_emb, _, _ = train_letter(emb, cf, cfg, seed=3)
+    assert len({tuple(r) for r in by_emb[:40].tolist()}) == 1  # without texts: identical inputs stay together
+    assert len({tuple(r) for r in by_text[:20].tolist()}) == 1 and len({tuple(r) for r in by_text[20:40].tolist()}) == 1
+    assert tuple(by_text[0]) != tuple(by_text[20])  # the two texts get two IDs
+
+
+def test_ids_digest_depends_on_the_ids_only():
+    from recbole_gflowgr.tokenizer.semantic_ids import SemanticIDs
+
+    codes = np.arange(12).reshape(4, 3)
+    one, two = SemanticIDs(list("abcd"), codes, [4, 4, 1], "x"), SemanticIDs(list("abcd"), codes.copy(), [4, 4, 1], "y")
+    assert one.digest() == two.digest()
+    two.codes[2, 1] += 1
+    assert one.digest() != two.digest()
+    assert one.digest() != SemanticIDs(list("abdc"), codes, [4, 4, 1], "x").digest()
 
 
 def test_kmeans_init_codes_are_data_points_and_residuals():

@@ -35,8 +35,8 @@ def project_cf(cf, e_dim):
 
 
 class LetterTrainer(RQVAETrainer):
-    def __init__(self, emb, cf_emb, cfg, seed=42, device="cpu", logger=None):
-        super().__init__(emb, cfg, seed, device, logger)
+    def __init__(self, emb, cf_emb, cfg, seed=42, device="cpu", logger=None, item_keys=None):
+        super().__init__(emb, cfg, seed, device, logger, item_keys)
         if len(cf_emb) != self.x.shape[0]:
             raise ValueError(f"LETTER: {len(cf_emb)} collaborative embeddings for {self.x.shape[0]} items")
         self.cf = project_cf(cf_emb, cfg["e_dim"]).to(self.device)  # (n, e_dim)
@@ -77,9 +77,10 @@ class LetterTrainer(RQVAETrainer):
             out["div"] = self.cfg["beta"] * div
         return out
 
-def train_letter(emb, cf_emb, cfg, seed=42, device="cpu", logger=None):
+
+def train_letter(emb, cf_emb, cfg, seed=42, device="cpu", logger=None, item_keys=None):
     """(codes (n, L) int64 before disambiguation, raw nearest-code codes (n, L), trainer) of LETTER on ``emb`` (n, D)
-    with collaborative embeddings ``cf_emb`` (n, d) in the same item order."""
-    trainer = LetterTrainer(emb, cf_emb, cfg, seed, device, logger).fit()
+    with collaborative embeddings ``cf_emb`` (n, d) in the same item order; ``item_keys`` as in ``train_rqvae``."""
+    trainer = LetterTrainer(emb, cf_emb, cfg, seed, device, logger, item_keys).fit()
     raw = trainer.codes()
     return trainer.resolve_collisions(raw), raw, trainer

@@ -167,8 +167,10 @@ def distinct_assignment(q, same, held=()):
 class RQVAETrainer:
     """Trains an :class:`RQVAE` on ``emb`` (n, D) with config ``cfg`` (see properties/tokenizer/rqvae.yaml)."""
 
-    def __init__(self, emb, cfg, seed=42, device="cpu", logger=None):
+    def __init__(self, emb, cfg, seed=42, device="cpu", logger=None, item_keys=None):
         self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
+        # (n,) int per item, equal for items with the same text: those stay together when collisions are resolved
+        self.item_keys = None if item_keys is None else torch.as_tensor(np.asarray(item_keys, dtype=np.int64))
         self.logger = logger or getLogger()
         torch.manual_seed(seed)
         self.gen = torch.Generator().manual_seed(seed)
@@ -179,6 +181,7 @@ class RQVAETrainer:
         self.init_codes = None  # the codebooks right after k-means init (for tests / stats)
         self.history = []  # one row per evaluation
         self.best = None  # {"epoch", "collision_rate", "state"} of the lowest-collision evaluation
+        self.filled = 0  # codes given an item by fill_dead_codes after training
 
     def _optimizer(self):
         params, lr, wd = self.parameters(), self.cfg["lr"], self.cfg["weight_decay"]
@@ -269,7 +272,30 @@ class RQVAETrainer:
             self.model.load_state_dict(self.best["state"])
             self.logger.info(f"kept the model of epoch {self.best['epoch']}: lowest collision rate "
                              f"{self.best['collision_rate']:.4%}")
+        self.filled = self.fill_dead_codes(cfg.get("fill_dead_codes") or [])
         return self
+
+    @torch.no_grad()
+    def fill_dead_codes(self, levels):
+        """After training: each code of a level in ``levels`` that no item takes (nearest code) becomes the residual
+        of the item farthest from its code in the fullest cluster of that level, which then takes it (distance 0).
+        Deeper levels are not retrained; their nearest codes follow. Returns the number of codes filled."""
+        filled, residual = 0, self.latents()  # (n, d)
+        for level, book in enumerate(self.model.rq.codebooks):
+            for _ in range(book.shape[0] if level in levels else 0):  # a fill may empty another code: repeat
+                idx = sq_dist(residual, book).argmin(1)  # (n,)
+                counts = torch.bincount(idx, minlength=book.shape[0])  # (K,)
+                dead, big = (counts == 0).nonzero().flatten(), int(counts.argmax())
+                members = (idx == big).nonzero().flatten()
+                dist = sq_dist(residual[members], book[big:big + 1]).squeeze(1)  # (m,)
+                if not len(dead) or counts[big] < 2 or dist.max() <= 0:
+                    break
+                book.data[dead[0]] = residual[members[dist.argmax()]]
+                filled += 1
+            residual = residual - book[sq_dist(residual, book).argmin(1)]
+        if filled:
+            self.logger.info(f"fill_dead_codes: {filled} unused codes of levels {list(levels)} given an item")
+        return filled
 
     @torch.no_grad()
     def evaluate(self, epoch, totals, dead, start):
@@ -291,8 +317,9 @@ class RQVAETrainer:
         codebook computed within their group, for up to ``collision_sk_rounds`` rounds (LETTER's generate_indices.py).
         ``collision_assignment``: 'argmax' = each item's argmax of the plan (LETTER's code; near-duplicates often
         collide again); 'distinct' = the plan rounded so that each code takes at most one item of the group and none
-        held by another item with the same prefix, while items with identical inputs stay together (LETTER does not
-        differentiate duplicates either). ``codes``: the nearest-code codes (n, L)."""
+        held by another item with the same prefix, while items with the same text (``item_keys``; without keys:
+        identical inputs) stay together, as in LETTER; items with different texts but one embedding (e.g. case
+        variants under an uncased encoder) are told apart. ``codes``: the nearest-code codes (n, L)."""
         eps = self.sk_epsilons[-1] if self.sk_epsilons[-1] > 0 else 0.003
         _, _, _, residuals = self.model.rq(self.latents())  # nearest codes: the same prefixes as ``codes``
         last, book = residuals[-1].cpu(), self.model.rq.codebooks[-1].detach().cpu()  # (n, d), (K, d)
@@ -315,7 +342,11 @@ class RQVAETrainer:
                     continue
                 members = set(group)
                 held = {int(codes[j, -1]) for j in by_prefix[tuple(codes[group[0], :-1].tolist())] if j not in members}
-                same = torch.cdist(x[group], x[group], compute_mode="donot_use_mm_for_euclid_dist") <= tol  # (g, g)
+                if self.item_keys is not None:
+                    keys = self.item_keys[group]  # (g,)
+                    same = keys[:, None] == keys[None, :]  # (g, g)
+                else:
+                    same = torch.cdist(x[group], x[group], compute_mode="donot_use_mm_for_euclid_dist") <= tol
                 codes[group, -1] = distinct_assignment(q, same, held)
         return codes
 
@@ -328,7 +359,8 @@ class RQVAETrainer:
         return torch.cat(out).cpu().numpy().astype(np.int64)
 
 
-def train_rqvae(emb, cfg, seed=42, device="cpu", logger=None):
-    """(codes (n, L) int64 before disambiguation, trainer) of a TIGER RQ-VAE trained on ``emb`` (n, D)."""
-    trainer = RQVAETrainer(emb, cfg, seed, device, logger).fit()
+def train_rqvae(emb, cfg, seed=42, device="cpu", logger=None, item_keys=None):
+    """(codes (n, L) int64 before disambiguation, trainer) of a TIGER RQ-VAE trained on ``emb`` (n, D);
+    ``item_keys`` (n,): equal for items of the same text (see ``resolve_collisions``)."""
+    trainer = RQVAETrainer(emb, cfg, seed, device, logger, item_keys).fit()
     return trainer.resolve_collisions(trainer.codes()), trainer

@@ -25,7 +25,7 @@ from recbole_gflowgr.errors import ConfigError, DatasetError
 from recbole_gflowgr.utils import atomic_folder
 
 TOKENIZERS = ("rqvae", "letter")
-TOKENIZER_VERSION = 4  # part of the folder hash: bump when a change of the code changes the IDs
+TOKENIZER_VERSION = 5  # part of the folder hash: bump when a change of the code changes the IDs
 PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
 DATASET_PROPERTIES = os.path.join(REPO_ROOT, "properties", "datasets")
 # keys that change how a run is shown or where data comes from, not the IDs: left out of the folder's hash
@@ -42,6 +42,12 @@ class SemanticIDs:
     path: str  # folder with index.json, stats.json, config.json
     stats: dict = field(default_factory=dict, repr=False)
     quantiser: dict = field(default=None, repr=False)  # trained encoder + codebooks, see QUANTISER_FILE
+
+    def digest(self):
+        """12 hex digits of a hash of the IDs themselves (item tokens and codes): what an SFT checkpoint depends on,
+        whichever tokenizer config or code version made them."""
+        blob = json.dumps([self.item_tokens, self.codes.tolist()]).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
 
     def index(self):
         """{item token: ["<a_12>", "<b_3>", ...]} (LETTER's index.json format)."""
@@ -186,13 +192,15 @@ def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="c
     logger = logger or getLogger()
     seed = cfg.get("seed", 42)
     start, load_start = time.time(), os.getloadavg()[0]
-    key = texts_key(load_item_texts(data_path, dataset, cfg["text_fields"]), encoder_id(cfg["text_encoder"]))
+    item_text = load_item_texts(data_path, dataset, cfg["text_fields"])
+    key = texts_key(item_text, encoder_id(cfg["text_encoder"]))
     emb_path = cache_path(data_path, dataset, key)
     cached = os.path.isfile(emb_path)
     items, emb = item_text_embeddings(data_path, dataset, cfg["text_fields"], cfg["text_encoder"],
                                       cfg["embed_batch_size"], device, show_progress, logger)
     embed_s = time.time() - start
     encode_s = cached_encode_seconds(emb_path)  # what computing the embeddings took (now or when cached)
+    item_keys = np.unique([item_text[i] for i in items], return_inverse=True)[1]  # (n,) same text, same key
     t0 = time.time()
     extra = {}
     if tokenizer == "letter":
@@ -203,11 +211,11 @@ def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="c
         if tokenizer == "rqvae":
             from recbole_gflowgr.tokenizer.rqvae import train_rqvae
 
-            codes, trainer = train_rqvae(emb, cfg, seed, device, logger)
+            codes, trainer = train_rqvae(emb, cfg, seed, device, logger, item_keys)
         else:
             from recbole_gflowgr.tokenizer.letter import train_letter
 
-            codes, raw, trainer = train_letter(emb, cf, cfg, seed, device, logger)
+            codes, raw, trainer = train_letter(emb, cf, cfg, seed, device, logger, item_keys)
             extra["collision_rate_nearest_code"] = code_stats(raw, cfg["num_emb_list"])["collision_rate"]
     train_s = time.time() - t0
     before = code_stats(codes, cfg["num_emb_list"])
@@ -220,6 +228,7 @@ def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="c
     stats = {"dataset": dataset, "tokenizer": tokenizer, "n_items": len(items), "level_sizes": level_sizes,
              "collision_rate": before["collision_rate"], "unique_ids_before": before["unique_ids"],
              "unique_ids": after["unique_ids"], "max_collision_group": max_group, **extra,
+             "dead_codes_filled": trainer.filled,
              "levels": after["levels"], "seed": seed, "device": str(device), "epochs": cfg["epochs"],
              "best_epoch": trainer.best and trainer.best["epoch"],
              "batch_size": cfg["batch_size"], "embed_s": round(embed_s, 1), "train_s": round(train_s, 1),
