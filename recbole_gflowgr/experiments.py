@@ -13,9 +13,12 @@ whose estimated time would overrun it — for machines lent by the hour, rerun t
 
 Grid yaml keys are documented in ``properties/experiments/table1.yaml``; a cell's key hashes the dataset, model,
 method, seed, the contents of its config files and its overrides, so editing a yaml re-runs the cells it changes.
+Overrides equal to the value the config has anyway are dropped first: the sweep's default value, an ablation's
+``full`` variant and the Table 1 cell of the same method are one run, shown under each of their labels.
 """
 import argparse
 import concurrent.futures
+import functools
 import hashlib
 import json
 import os
@@ -111,15 +114,18 @@ def expand(grid):
                             if (finetune == "sft") == (stage == "sft"):
                                 cells.append(_cell(grid, dataset, model, finetune, seed, variant, overrides))
     seen, unique = set(), []
-    for cell in cells:  # an sft cell does not depend on fine-tuning variants: keep one of each
-        if cell.key not in seen:
-            seen.add(cell.key)
+    for cell in cells:  # an sft cell does not depend on fine-tuning variants: keep one of each; variants that
+        if (cell.key, cell["variant"]) not in seen:  # are one run (e.g. the sweep's default value) keep their labels
+            seen.add((cell.key, cell["variant"]))
             unique.append(cell)
     return unique
 
 
 def _cell(grid, dataset, model, finetune, seed, variant, overrides):
     overrides = dict(grid["config"], **overrides)
+    if overrides:  # a value the config already has is no override: e.g. the sweep's default N is the full method's cell
+        defaults = _defaults(dataset, model, finetune, tuple(grid["config_files"]))
+        overrides = {k: v for k, v in overrides.items() if k not in defaults or defaults[k] != v}
     if finetune == "sft" and model in OUR_MODELS:  # SFT ignores fine-tuning variants: one shared SFT cell
         from recbole_gflowgr.quick_start import backbone_keys
 
@@ -128,6 +134,16 @@ def _cell(grid, dataset, model, finetune, seed, variant, overrides):
             overrides, variant = backbone, ""
     return Cell(dataset=dataset, model=model, finetune=finetune, seed=int(seed), variant=variant,
                 overrides=overrides, config_files=list(grid["config_files"]), grid=grid["name"])
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(dataset, model, finetune, config_files):
+    """The config a cell would have without overrides (its config files over our and RecBole's defaults)."""
+    from recbole_gflowgr.quick_start import load_config
+
+    files = [f if os.path.isabs(f) else os.path.join(REPO_ROOT, f) for f in config_files]
+    args = [f"--finetune={finetune}"] if model in OUR_MODELS else []
+    return dict(load_config(model, dataset, files, None, args).final_config_dict)
 
 
 def sft_key(grid, cell):
@@ -208,7 +224,10 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
     chosen = {c.key for c in every
               if all(o in (c["model"], c["finetune"], c["dataset"], c["variant"], str(c["seed"])) for o in only)}
     chosen |= {sft_key(grid, c) for c in every if c.key in chosen}  # a chosen fine-tuning cell brings its SFT cell
-    cells = [c for c in every if c.key in chosen]
+    cells = []  # one per run (variants that are one run share it), in grid order
+    for cell in every:
+        if cell.key in chosen and all(cell.key != c.key for c in cells):
+            cells.append(cell)
     rows = read_rows(results_dir)
     finished = done_cells(results_dir, rows)
     todo = [c for c in cells if c.key not in finished]

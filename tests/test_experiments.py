@@ -52,6 +52,20 @@ def test_sweep_makes_one_variant_per_value_one_key_at_a_time():
     assert variants == ["gflowgr_n_aug=1", "gflowgr_n_aug=2", "gflowgr_lambda=0.1", "gflowgr_lambda=1"]
 
 
+def test_a_variant_with_default_values_is_the_plain_cell_and_runs_once():
+    grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["gflowgr-tb"], seeds=[1],
+                      variants={"full": {}, "same": {"gflowgr_lambda": 0.1}},  # 0.1: gflowgr.yaml's default
+                      sweep={"gflowgr_lambda": [0.1, 1]})
+    cells = [c for c in experiments.expand(grid) if c["finetune"] != "sft"]
+    keys = {c["variant"]: c.key for c in cells}
+    assert keys["full"] == keys["same"] == keys["gflowgr_lambda=0.1"] != keys["gflowgr_lambda=1"]
+    calls = []
+    experiments.run_grid(grid, "res", launcher=fake_launcher(calls))
+    assert calls == ["d TIGER gflowgr-tb [full] seed=1", "d TIGER gflowgr-tb [gflowgr_lambda=1] seed=1"]
+    table = analysis.variant_table(grid, "res")  # the one run is shown under each of its labels
+    assert all(f"| gflowgr-tb | {v} | 0.1000 |" in table for v in ("full", "same", "gflowgr_lambda=0.1"))
+
+
 def test_runner_resumes_skipping_cells_with_rows():
     grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["sft", "dpo"], seeds=[1, 2])
     calls = []
