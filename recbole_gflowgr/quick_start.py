@@ -150,8 +150,13 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         return None
 
     finetune = config["finetune"] if config["model"] in OUR_MODELS else "none"
-    row = make_row(config, finetune, best_valid_result, test_result, time.time() - start, commit,
-                   extra={"epochs": len(getattr(trainer, "epoch_times", [])), "epoch_s": trainer.mean_epoch_time(),
+    prior = getattr(trainer, "prior_elapsed_s", 0.0)  # a resumed run: its earlier processes' time counts too
+    resumed = {"resumed_s": round(prior, 1)} if prior else {}
+    if prior and trainer.prior_elapsed_estimated:
+        resumed["resumed_s_note"] = "earlier processes' training-epoch times only (checkpoint without elapsed_s)"
+    row = make_row(config, finetune, best_valid_result, test_result, time.time() - start + prior, commit,
+                   extra={**resumed, "epochs": len(getattr(trainer, "epoch_times", [])),
+                          "epoch_s": trainer.mean_epoch_time(),
                           "checkpoint": trainer.saved_model_file if saved else None, "pretrained": pretrained,
                           "log": next((h.baseFilename for h in logging.getLogger().handlers
                                        if isinstance(h, logging.FileHandler)), None)})

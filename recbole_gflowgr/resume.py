@@ -25,6 +25,7 @@ import glob
 import os
 import pickle
 import random
+import time
 
 import numpy as np
 import torch
@@ -99,6 +100,8 @@ class ResumeMixin:
     """Hooks of RecBole's ``Trainer`` (``fit``'s ``callback_fn``, ``_save_checkpoint``, ``resume_checkpoint``,
     ``_train_epoch``) for last checkpoints and ``--resume``; trainers that are not a RecBole ``Trainer`` (the
     decision-tree ones) pass through unchanged."""
+    prior_elapsed_s = 0.0  # wall seconds of the earlier processes of a resumed run (set by resume_checkpoint)
+    prior_elapsed_estimated = False
 
     @property
     def resumable(self):
@@ -136,6 +139,7 @@ class ResumeMixin:
                  "other_parameter": self.model.other_parameter(), "optimizer": self.optimizer.state_dict(),
                  "resume": {"run_id": run_id(self.config), "best_valid_result": self.best_valid_result,
                             "best_file": self.saved_model_file, "epoch_times": list(getattr(self, "epoch_times", [])),
+                            "elapsed_s": self.prior_elapsed_s + time.time() - self._fit_start,
                             "finished": epoch + 1 >= self.epochs or self.cur_step > self.stopping_step,
                             "rng": rng_states(), "generator": gen.get_state() if gen is not None else None,
                             "loader_rng": loader.generator.get_state() if loader is not None else None}}
@@ -151,7 +155,7 @@ class ResumeMixin:
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if not self.resumable:
             return super().fit(train_data, valid_data, verbose, saved, show_progress)
-        self._saving, self._train_loader = saved, train_data
+        self._saving, self._train_loader, self._fit_start = saved, train_data, time.time()
         self.last_saved_epoch = self.start_epoch - 1
         pending = self.__dict__.pop("_pending_rng", None)
         if pending is not None:  # --resume: the streams continue where the interrupted run left them
@@ -209,6 +213,10 @@ class ResumeMixin:
         self.saved_model_file = best or self.saved_model_file
         self.best_valid_result = extra["best_valid_result"]
         self.epoch_times = list(extra["epoch_times"])
+        # wall time of the earlier processes of this run up to their last checkpoint (checkpoints written before
+        # this key existed: their training epochs' times, a lower bound)
+        self.prior_elapsed_s = extra.get("elapsed_s", sum(self.epoch_times))
+        self.prior_elapsed_estimated = "elapsed_s" not in extra
         self.resumed_finished = bool(extra["finished"])
         gen = _generator(self)
         if gen is not None and extra["generator"] is not None:
