@@ -1,14 +1,17 @@
 #!/bin/bash
 # Packs into .carry/ (git-ignored) what a grid needs on the `device` GPU machine, where ../shared is not:
 # each dataset's converted atomic files, manifest and semantic-ID folders (not the text embeddings: runs read the
-# IDs) and its cached collaborative SASRec. Run here, from the repo root, after ../shared/tools/device-wheels.sh:
+# IDs) and its cached collaborative SASRec; with SFT=1 also its cached SFT checkpoints (saved/sft/: fine-tuning
+# cells then start from the SFT runs already in results/ instead of training and recording new ones).
+# Run here, from the repo root, after ../shared/tools/device-wheels.sh:
 #   bash benchmarks/gpu/bundle.sh amazon-beauty [yelp ...]
+#   SFT=1 bash benchmarks/gpu/bundle.sh industrial-scientific    # the CPU grids' remaining fine-tuning cells
 # then call the device with carry [".whl", ".carry"] and benchmarks/gpu/chunk.sh (see README "GPU runs").
 set -eu
 [ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu/bundle.sh <dataset> [<dataset> ...]" >&2; exit 2; }
 grep -qx '/.carry/' .git/info/exclude 2>/dev/null || echo '/.carry/' >> .git/info/exclude
 rm -rf .carry
-mkdir -p .carry/dataset .carry/saved/collaborative
+mkdir -p .carry/dataset .carry/saved/collaborative .carry/saved/sft
 for name in "$@"; do
   src=dataset/$name
   if [ ! -f "$src/manifest.json" ]; then
@@ -22,6 +25,9 @@ for name in "$@"; do
     [ -f "$f" ] && cp "$f" .carry/saved/collaborative/ && found=1
   done
   [ $found = 1 ] || echo "note: no cached collaborative SASRec of $name: the grid will train it on the GPU"
+  if [ "${SFT:-0}" = 1 ]; then
+    for f in saved/sft/"$name"-*.pth; do [ -f "$f" ] && cp "$f" .carry/saved/sft/; done
+  fi
 done
 kib=$(du -sk .carry $( [ -d .whl ] && echo .whl ) | awk '{s += $1} END {print s}')
 du -sh .carry $( [ -d .whl ] && echo .whl )
