@@ -36,7 +36,7 @@ from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.results import read_rows
 from recbole_gflowgr.utils import take_pid_file
 
-GRID_KEYS = {"name", "datasets", "models", "finetunes", "baselines", "seeds", "config_files", "config", "variants",
+GRID_KEYS = {"name", "title", "datasets", "models", "finetunes", "baselines", "seeds", "config_files", "config", "variants",
              "sweep"}
 OUR_MODELS = ("TIGER", "LETTER")
 

@@ -48,3 +48,31 @@ def test_later_row_of_a_seed_replaces_earlier_and_cli_writes_files(tmp_path):
     text = open("RESULTS.md").read()
     assert "| d | TIGER | dpo | 0.1000 | 0.2000 | 0.0500 | 0.5000 | 42 |" in text
     assert len(open("results/leaderboard.csv").read().strip().splitlines()) == 1 + 4
+
+
+def test_grid_variants_get_their_own_section_and_stay_out_of_the_main_table():
+    import yaml
+
+    from recbole_gflowgr import experiments
+
+    with open("abl.yaml", "w") as f:
+        yaml.safe_dump({"name": "abl", "title": "Ablation", "datasets": ["d"], "models": ["TIGER"],
+                        "finetunes": ["gflowgr-tb"], "seeds": [42, 43],
+                        "variants": {"full": {}, "no-cm": {"gflowgr_reward_cm": False}}}, f)
+    cells = {(c["variant"], c["seed"]): c for c in experiments.expand(experiments.load_grid("abl.yaml"))
+             if c["finetune"] != "sft"}
+    rows = list(ROWS[:6])
+    for seed, ndcg in ((42, 0.20), (43, 0.22)):  # the full method: Table 1's gflowgr-tb runs
+        rows[3 + seed - 42] = dict(rows[3 + seed - 42], experiment="table1",
+                                   experiment_cell=cells[("full", seed)].key)
+    rows += [dict(row("TIGER", "gflowgr-tb", seed, 0.9, chash="v"), experiment="abl", experiment_variant="no-cm",
+                  experiment_cell=cells[("no-cm", seed)].key) for seed in (42, 43)]
+    os.makedirs("results")
+    with open("results/d.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    leaderboard.main(["--out=RESULTS.md", "--grids", "abl.yaml"])
+    main, section = open("RESULTS.md").read().split("## Ablation (grid `abl`)")
+    assert "no-cm" not in main and "0.9000" not in main  # a variant row is no rival of the main table's methods
+    assert "| d | TIGER | gflowgr-tb | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.2167 ± 0.0153* |" in main
+    assert "| d | TIGER | gflowgr-tb | full | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.2100 ± 0.0141 | 42,43 | — |" in section
+    assert "| d | TIGER | gflowgr-tb | no-cm | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.9000 ± 0.0000 | 42,43 | — |" in section
