@@ -119,11 +119,13 @@ def analyse(path, k=10, scorer=None):
 
 
 def checkpoints_from_rows(results_dir, dataset, model, methods, seed):
-    """{method: checkpoint} of the newest row of each method (that has an existing checkpoint)."""
+    """{method: checkpoint} of the newest row of each method (that has an existing checkpoint), the method as it is:
+    rows of a grid variant (an ablation, a sweep value) are not the method."""
     found = {}
     for row in read_rows(results_dir):
         if (row.get("dataset"), row.get("model"), row.get("seed")) == (dataset, model, seed) \
-                and row.get("finetune") in methods and row.get("checkpoint") and os.path.isfile(row["checkpoint"]):
+                and row.get("finetune") in methods and not row.get("experiment_variant") \
+                and row.get("checkpoint") and os.path.isfile(row["checkpoint"]):
             found[row["finetune"]] = row["checkpoint"]
     missing = [m for m in methods if m not in found]
     if missing:

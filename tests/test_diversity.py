@@ -34,5 +34,11 @@ def test_report_of_sft_and_gflowgr_checkpoints(monkeypatch):
     assert table.splitlines()[2].startswith("| sft |") and table.splitlines()[3].startswith("| gflowgr-tb |")
     assert sorted(os.listdir("div")) == ["tiny-TIGER-seed42.json", "tiny-TIGER-seed42.md", "tiny-TIGER-seed42.png"]
     assert [s["finetune"] for s in json.load(open("div/tiny-TIGER-seed42.json"))] == ["sft", "gflowgr-tb"]
+    # a later row of an ablation variant of the same method and seed is not the method
+    with open("res/tiny.jsonl") as f:
+        last = json.loads(f.read().splitlines()[-1])
+    with open("res/tiny.jsonl", "a") as f:
+        f.write(json.dumps(dict(last, checkpoint=paths[0], experiment_variant="wo-Ada")) + "\n")
+    assert diversity.checkpoints_from_rows("res", "tiny", "TIGER", ["sft", "gflowgr-tb"], 42) == paths
     with pytest.raises(ConfigError, match=r"method\(s\) \['dpo'\]"):
         diversity.checkpoints_from_rows("res", "tiny", "TIGER", ["sft", "dpo"], 42)
