@@ -119,6 +119,12 @@ def test_fill_dead_codes_gives_every_code_of_the_level_an_item():
     assert trainer.fill_dead_codes([0]) == 0  # nothing left to fill
 
 
+@pytest.mark.parametrize("bad", [[4], [-1], "0", [0.5]])
+def test_fill_dead_codes_must_name_codebook_levels(bad):
+    with pytest.raises(ConfigError, match="fill_dead_codes"):
+        load_tokenizer_config("letter", None, {"fill_dead_codes": bad})
+
+
 def test_fill_dead_codes_runs_after_training_from_the_config():
     cfg = rq_cfg(epochs=1, kmeans_init=False, dead_code_reinit=False, fill_dead_codes=[0, 1])  # random init: dead codes
     _, trainer = train_rqvae(synthetic(n=60), cfg)

@@ -83,6 +83,10 @@ def load_tokenizer_config(tokenizer, dataset=None, overrides=None):
     if len(cfg["sk_epsilons"]) != len(cfg["num_emb_list"]):
         raise ConfigError(f"sk_epsilons: {len(cfg['sk_epsilons'])} values for {len(cfg['num_emb_list'])} codebook "
                           f"levels (num_emb_list); give one epsilon per level")
+    levels = cfg.get("fill_dead_codes") or []
+    if not isinstance(levels, list) or not all(isinstance(v, int) and 0 <= v < len(cfg["num_emb_list"]) for v in levels):
+        raise ConfigError(f"fill_dead_codes: {levels!r} is not a list of codebook levels; give levels 0.."
+                          f"{len(cfg['num_emb_list']) - 1} (0 = first), e.g. [0], or [] for none")
     if str(cfg["optimizer"]).lower() not in ("adagrad", "adam", "adamw", "sgd"):
         raise ConfigError(f"optimizer: unknown value '{cfg['optimizer']}'; allowed values: adagrad, adam, adamw, sgd")
     if cfg["loss_type"] not in ("mse", "l1"):
