@@ -210,10 +210,22 @@ def release(cell, results_dir):
         os.remove(path)
 
 
-def estimate(cell, history):
-    """Seconds expected for ``cell``: the mean wall time of earlier rows of the same dataset, model and method."""
+def device_kind(device):
+    """'gpu' or 'cpu' for a row's ``device`` (``results.device_name``: 'cpu (N threads)' or the GPU's name); None: this
+    machine's (where the grid's cells will run)."""
+    if device is None:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "cpu" if str(device).startswith("cpu") else "gpu"
+
+
+def estimate(cell, history, kind="cpu"):
+    """Seconds expected for ``cell``: the mean wall time of earlier rows of the same dataset, model and method that
+    ran on the same kind of device (CPU rows say nothing about a GPU machine's time budget, and back)."""
     same = [r["wall_s"] for r in history if (r.get("dataset"), r.get("model"), r.get("finetune")) ==
-            (cell["dataset"], cell["model"], cell["finetune"] if cell["model"] in OUR_MODELS else "none")]
+            (cell["dataset"], cell["model"], cell["finetune"] if cell["model"] in OUR_MODELS else "none")
+            and device_kind(r.get("device", "cpu")) == kind]
     return sum(same) / len(same) if same else None
 
 
@@ -232,7 +244,8 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
     finished = done_cells(results_dir, rows)
     todo = [c for c in cells if c.key not in finished]
     history = [r for r in rows if "wall_s" in r]
-    known = [estimate(c, history) for c in todo]
+    kind = device_kind(None)
+    known = [estimate(c, history, kind) for c in todo]
     fallback = sum(k for k in known if k) / max(1, sum(1 for k in known if k)) or None
     total = sum(k or fallback or 0 for k in known)
     print(f"grid {grid['name']}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run"

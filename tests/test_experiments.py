@@ -81,6 +81,17 @@ def test_runner_resumes_skipping_cells_with_rows():
     assert calls == [] and len(report["done"]) == 4
 
 
+def test_time_estimates_come_from_rows_of_the_same_kind_of_device():
+    grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["sft"], seeds=[1])
+    (cell,) = experiments.expand(grid)
+    history = [dict(fake_row(cell, wall=900.0), device="cpu (1 threads)"),
+               dict(fake_row(cell, wall=60.0), device="NVIDIA H100 80GB HBM3"),
+               dict(fake_row(cell, wall=100.0), device="NVIDIA H100 80GB HBM3")]
+    assert experiments.estimate(cell, history, "cpu") == 900.0
+    assert experiments.estimate(cell, history, "gpu") == 80.0
+    assert experiments.estimate(cell, history[:1], "gpu") is None  # CPU rows alone: no GPU estimate
+
+
 def test_time_budget_starts_no_cell_that_would_overrun_and_failed_sft_blocks_its_finetuning():
     grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["sft", "dpo"], seeds=[1])
     cells = experiments.expand(grid)
