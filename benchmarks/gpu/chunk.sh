@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED=1
 [ -d .carry ] && cp -rn .carry/dataset .carry/saved .
 nvidia-smi > "$out/gpu.txt" 2>&1
 start=$(date +%s)
-timeout --signal=INT "$budget" python3 -m recbole_gflowgr.experiments --grid="$grid" --only="$only" \
+timeout --signal=INT --kill-after=20 "$budget" python3 -m recbole_gflowgr.experiments --grid="$grid" --only="$only" \
   --jobs="${JOBS:-4}" --time_budget=$((budget - 60)) > "$out/grid.log" 2>&1
 echo "runner exit $? after $(( $(date +%s) - start )) s" >> "$out/grid.log"
 nvidia-smi >> "$out/gpu.txt" 2>&1
