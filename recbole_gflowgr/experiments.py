@@ -211,12 +211,7 @@ def release(cell, results_dir):
 
 
 def device_kind(device):
-    """'gpu' or 'cpu' for a row's ``device`` (``results.device_name``: 'cpu (N threads)' or the GPU's name); None: this
-    machine's (where the grid's cells will run)."""
-    if device is None:
-        import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
+    """'gpu' or 'cpu' for a row's ``device`` (``results.device_name``: 'cpu (N threads)' or the GPU's name)."""
     return "cpu" if str(device).startswith("cpu") else "gpu"
 
 
@@ -238,13 +233,16 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
     chosen |= {sft_key(grid, c) for c in every if c.key in chosen}  # a chosen fine-tuning cell brings its SFT cell
     cells = []  # one per run (variants that are one run share it), in grid order
     for cell in every:
-        if cell.key in chosen and all(cell.key != c.key for c in cells):
+        if cell.key in chosen:
+            chosen.discard(cell.key)
             cells.append(cell)
     rows = read_rows(results_dir)
     finished = done_cells(results_dir, rows)
     todo = [c for c in cells if c.key not in finished]
     history = [r for r in rows if "wall_s" in r]
-    kind = device_kind(None)
+    import torch
+
+    kind = "gpu" if torch.cuda.is_available() else "cpu"  # where this runner's cells will run
     known = [estimate(c, history, kind) for c in todo]
     fallback = sum(k for k in known if k) / max(1, sum(1 for k in known if k)) or None
     total = sum(k or fallback or 0 for k in known)
