@@ -151,7 +151,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
 
     finetune = config["finetune"] if config["model"] in OUR_MODELS else "none"
     prior = getattr(trainer, "prior_elapsed_s", 0.0)  # a resumed run: its earlier processes' time counts too
-    resumed = {"resumed_s": round(prior, 1)} if prior else {}
+    resumed = {"resumed_s": round(prior, 2)} if prior else {}
     if prior and trainer.prior_elapsed_estimated:
         resumed["resumed_s_note"] = "earlier processes' training-epoch times only (checkpoint without elapsed_s)"
     row = make_row(config, finetune, best_valid_result, test_result, time.time() - start + prior, commit,

@@ -98,7 +98,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(monkeypatch, method, ext
     assert (resumed["test"], resumed["valid"], resumed["epochs"]) == (whole["test"], whole["valid"], whole["epochs"])
     assert resumed["config_hash"] == whole["config_hash"]
     # the row's wall time counts the killed process up to its last checkpoint
-    assert resumed["resumed_s"] == round(killed["resume"]["elapsed_s"], 1) > 0 and "resumed_s" not in whole
+    assert killed["resume"]["elapsed_s"] > 0 and "resumed_s" not in whole
+    assert resumed["resumed_s"] == round(killed["resume"]["elapsed_s"], 2)  # tiny runs: may round to 0.0
     assert resumed["wall_s"] > killed["resume"]["elapsed_s"]
     assert_same_state(load(last_file("whole", method)), load(last_file("cut", method)))
     best_whole, best_cut = load(whole["checkpoint"]), load(resumed["checkpoint"])
