@@ -299,7 +299,7 @@ def test_preference_methods_raise_chosen_over_rejected_with_a_frozen_reference(m
         trainer.optimizer.zero_grad()
         loss.backward()
         trainer.optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step == 0:  # one preference step already raises the chosen item over the rejected one
             assert margin() > start_margin
     assert margin() > start_margin and fixed_pair_loss() < start_loss and losses[-1] < losses[0]
