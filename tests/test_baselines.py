@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
@@ -133,11 +133,12 @@ def test_preference_loss_is_dpo_for_one_negative_and_softmax_dpo_for_several():
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 6), st.integers(2, 6), st.integers(0, 10_000))
+@example(5, 2, 519)  # near-tied pair (.9820 apart by ~1e-3): float32 left its group 1e-5 off zero mean
 def test_group_advantages_have_zero_mean_per_group(B, G, seed):
     g = torch.Generator().manual_seed(seed)
     rewards = torch.randint(0, 3, (B, G), generator=g).float() * torch.rand(B, G, generator=g)  # ties and constant groups
     adv = group_advantages(rewards)
-    assert torch.allclose(adv.mean(1), torch.zeros(B), atol=1e-5)
+    assert torch.allclose(adv.mean(1), torch.zeros(B), atol=1e-6)
     std = rewards.std(1, unbiased=False)
     assert torch.allclose(adv.std(1, unbiased=False), std / (std + 1e-4), atol=1e-4)  # unit std up to the eps
     assert torch.all(adv[std == 0] == 0)

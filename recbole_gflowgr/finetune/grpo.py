@@ -22,10 +22,13 @@ ADV_EPS = 1e-4
 
 
 def group_advantages(rewards, eps=ADV_EPS):
-    """(B, G) ``(R - mean) / (std + eps)`` within each group (row) of rewards (B, G); zero mean per group."""
-    mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, unbiased=False, keepdim=True)
-    return (rewards - mean) / (std + eps)
+    """(B, G) ``(R - mean) / (std + eps)`` within each group (row) of rewards (B, G); zero mean per group.
+    Computed in float64: with near-tied rewards the std is tiny and float32 rounding of the mean, divided by it,
+    left groups visibly off zero mean (e.g. 1e-5 for rewards .98 apart by 1e-3)."""
+    r = rewards.double()
+    mean = r.mean(dim=1, keepdim=True)
+    std = r.std(dim=1, unbiased=False, keepdim=True)
+    return ((r - mean) / (std + eps)).to(rewards.dtype)
 
 
 def k3_kl(logp, ref_logp):
