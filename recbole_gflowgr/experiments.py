@@ -36,8 +36,8 @@ from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.results import read_rows
 from recbole_gflowgr.utils import take_pid_file
 
-GRID_KEYS = {"name", "title", "datasets", "models", "finetunes", "baselines", "seeds", "config_files", "config", "variants",
-             "sweep"}
+GRID_KEYS = {"name", "title", "datasets", "models", "finetunes", "baselines", "seeds", "config_files",
+             "baseline_config_files", "config", "variants", "sweep"}
 OUR_MODELS = ("TIGER", "LETTER")
 
 
@@ -79,8 +79,8 @@ def load_grid(path):
         raise ConfigError(f"{path}: unknown grid key(s) {sorted(unknown)}; known keys: {sorted(GRID_KEYS)}")
     grid.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     for key, default in (("datasets", []), ("models", []), ("finetunes", ["sft"]), ("baselines", []),
-                         ("seeds", [42, 43, 44]), ("config_files", []), ("config", {}), ("variants", {}),
-                         ("sweep", {})):
+                         ("seeds", [42, 43, 44]), ("config_files", []), ("baseline_config_files", []),
+                         ("config", {}), ("variants", {}), ("sweep", {})):
         grid[key] = default if grid.get(key) is None else grid[key]
         if not isinstance(grid[key], type(default)):
             raise ConfigError(f"{path}: '{key}' must be a {type(default).__name__}, got {grid[key]!r}")
@@ -123,8 +123,12 @@ def expand(grid):
 
 def _cell(grid, dataset, model, finetune, seed, variant, overrides):
     overrides = dict(grid["config"], **overrides)
+    # generative cells take the grid's config_files (e.g. the `small` backbone); classic RecBole models train with
+    # their own defaults and our shared protocol (overall.yaml) plus baseline_config_files, never the backbone's
+    # epoch cap
+    files = list(grid["config_files"] if model in OUR_MODELS else grid["baseline_config_files"])
     if overrides:  # a value the config already has is no override: e.g. the sweep's default N is the full method's cell
-        defaults = _defaults(dataset, model, finetune, tuple(grid["config_files"]))
+        defaults = _defaults(dataset, model, finetune, tuple(files))
         overrides = {k: v for k, v in overrides.items() if k not in defaults or defaults[k] != v}
     if finetune == "sft" and model in OUR_MODELS:  # SFT ignores fine-tuning variants: one shared SFT cell
         from recbole_gflowgr.quick_start import backbone_keys
@@ -133,7 +137,7 @@ def _cell(grid, dataset, model, finetune, seed, variant, overrides):
         if backbone != overrides:
             overrides, variant = backbone, ""
     return Cell(dataset=dataset, model=model, finetune=finetune, seed=int(seed), variant=variant,
-                overrides=overrides, config_files=list(grid["config_files"]), grid=grid["name"])
+                overrides=overrides, config_files=files, grid=grid["name"])
 
 
 @functools.lru_cache(maxsize=None)

@@ -45,6 +45,23 @@ def test_expand_orders_sft_first_and_shares_sft_across_finetuning_variants():
     assert labels[5].endswith("seed=2")
 
 
+def test_classic_cells_take_baseline_config_files_not_the_backbone_config(tmp_path):
+    small = tmp_path / "small.yaml"
+    small.write_text("epochs: 3\n")
+    grid = write_grid(datasets=["d"], models=["TIGER"], baselines=["GRU4Rec"], finetunes=["sft"], seeds=[1],
+                      config_files=[str(small)])
+    classic, sft = experiments.expand(grid)
+    assert (classic["model"], classic["config_files"], sft["config_files"]) == ("GRU4Rec", [], [str(small)])
+    assert not any(a.startswith("--config_files") for a in experiments.command(classic, "cell.yaml"))
+    assert f"--config_files={small}" in experiments.command(sft, "cell.yaml")
+    other = tmp_path / "classic.yaml"
+    other.write_text("epochs: 300\n")
+    grid = write_grid(datasets=["d"], models=["TIGER"], baselines=["GRU4Rec"], finetunes=["sft"], seeds=[1],
+                      config_files=[str(small)], baseline_config_files=[str(other)])
+    classic2, sft2 = experiments.expand(grid)
+    assert classic2["config_files"] == [str(other)] and classic2.key != classic.key and sft2.key == sft.key
+
+
 def test_sweep_makes_one_variant_per_value_one_key_at_a_time():
     grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["gflowgr-tb"], seeds=[1],
                       sweep={"gflowgr_n_aug": [1, 2], "gflowgr_lambda": [0.1, 1]})
