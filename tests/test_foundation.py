@@ -248,6 +248,8 @@ def test_collaborative_model_is_trained_once_then_loaded_and_scores_in_unit_rang
     path = train_or_load("tiny", config_dict=args)
     assert os.path.isfile(path) and path.startswith(os.path.join("saved", "collaborative", "tiny-SASRec-"))
     assert not [f for f in os.listdir("saved") if f.endswith("-last.pth")]  # the finished run left no resume file
+    rows = [json.loads(line) for line in open(os.path.join("res", "tiny.jsonl"))]
+    assert [(r["model"], r["experiment_variant"]) for r in rows] == [("SASRec", "cm")]  # told apart from Table 1's
     stamp = os.stat(path).st_mtime_ns
     assert train_or_load("tiny", config_dict=args) == path and os.stat(path).st_mtime_ns == stamp
     scorer = load_scorer("tiny", config_dict=args)
