@@ -27,11 +27,16 @@ class Config(RecBoleConfig):
         for path in config_file_list or []:
             if not os.path.isfile(path):
                 raise ConfigError(f"config file {path} not found (from --config_files); check the path")
-        seen = {}
+        seen, with_eq = {}, {}
         for arg in cmd_args or ():
             key, _, value = arg[2:].partition("=")
             if seen.setdefault(key, value) != value:
                 raise ConfigError(f"--{key} is given twice with different values ({seen[key]!r}, {value!r}); keep one")
+            if "=" in value:  # RecBole drops such an arg with a warning (e.g. --experiment_variant=gflowgr_n_aug=1)
+                with_eq[key] = value
+        if with_eq:  # so they go in with config_dict's, converted the way RecBole converts command-line values
+            cmd_args = [a for a in cmd_args if a[2:].partition("=")[0] not in with_eq]
+            config_dict = {**(config_dict or {}), **RecBoleConfig._convert_config_dict(self, with_eq)}
         with compat.argv(cmd_args):
             super().__init__(model, dataset, config_file_list, config_dict)
 

@@ -202,6 +202,28 @@ def test_real_cell_runs_in_a_subprocess_writes_a_tagged_row_and_is_skipped_after
     assert experiments.run_grid(grid, "res")["ran"] == []
 
 
+def test_a_sweep_cells_command_line_gives_the_config_its_variant_name(monkeypatch):
+    """A sweep variant's name holds "=" (gflowgr_n_aug=1), which RecBole's own command-line parser drops with only a
+    warning: the runner's command, read by the real entry point, must still give the run its tags and overrides."""
+    import run_recbole_gflowgr
+    from recbole_gflowgr import quick_start
+
+    src, _, _ = tiny_letter(n_users=30, n_items=15, seq_len=6)
+    grid = write_grid(datasets=["tiny"], models=["TIGER"], finetunes=["gflowgr-tb"], seeds=[7],
+                      config={"source_path": os.path.abspath(src)}, sweep={"gflowgr_n_aug": [1]})
+    cell, = [c for c in experiments.expand(grid) if c["variant"]]
+    with open("cell.yaml", "w") as f:
+        yaml.safe_dump(dict(cell["overrides"]), f)
+    seen = []
+    monkeypatch.setattr(quick_start, "run", lambda model, dataset, config_file_list=None, cmd_args=(): seen.append(
+        quick_start.load_config(model, dataset, config_file_list, None, cmd_args)))
+    assert run_recbole_gflowgr.main(experiments.command(cell, "cell.yaml")[2:]) == 0
+    config, = seen
+    assert (config["experiment_variant"], config["experiment_cell"], config["experiment"]) == (
+        "gflowgr_n_aug=1", cell.key, "grid")
+    assert (config["gflowgr_n_aug"], config["finetune"], config["seed"]) == (1, "gflowgr-tb", 7)
+
+
 def test_gpu_chunk_results_merge_adds_only_new_rows_and_files():
     """benchmarks/gpu/merge.py: rows the chunk added are appended once (merging twice adds nothing), rows written
     here meanwhile stay, new logs are copied, existing files and the runner's pid claims are left alone."""

@@ -161,6 +161,9 @@ def test_our_yaml_is_loaded_and_argv_does_not_leak(monkeypatch):
     assert config["data_path"] == os.path.join("dataset/", "ml-100k")  # not RecBole's bundled example
     assert config["text_fields"] == ["movie_title", "release_year", "class"]
     assert Config("SASRec", "ml-100k", cmd_args=["--epochs=7"])["epochs"] == 7
+    # a value holding "=" (a sweep variant's name), which RecBole's own parser drops with a warning
+    config = Config("SASRec", "ml-100k", cmd_args=["--experiment_variant=gflowgr_n_aug=1", "--epochs=3"])
+    assert config["experiment_variant"] == "gflowgr_n_aug=1" and config["epochs"] == 3
 
 
 def test_recbole_compatibility_fixes():
