@@ -52,19 +52,30 @@ def variant_table(grid, results_dir="results", split="test"):
 
 
 def sweep_points(grid, results_dir="results", metric="ndcg@10", split="valid"):
-    """{(dataset, model, method, key): [(value, mean, std, n)]} for each swept key, values in grid order."""
+    """{(dataset, model, method, key): [(value, mean, std, n, seeds)]} for each swept key, values in grid order.
+
+    A curve uses the seeds that all its points have (when there are any): otherwise a point shared with Table 1
+    (the default value, run for every seed) would be a 3-seed mean beside single-seed neighbours."""
     points = collections.OrderedDict()
-    by_variant = collections.defaultdict(list)
+    by_variant = collections.defaultdict(dict)  # variant -> {seed: score}
     for cell, row in grid_rows(grid, results_dir):
         if row is not None and "=" in cell["variant"]:
-            by_variant[(cell["dataset"], cell["model"], cell["finetune"], cell["variant"])].append(row[split][metric])
+            by_variant[(cell["dataset"], cell["model"], cell["finetune"], cell["variant"])][cell["seed"]] = \
+                row[split][metric]
     for key, values in grid["sweep"].items():
+        curves = collections.defaultdict(list)
         for (dataset, model, finetune, variant), scores in by_variant.items():
             name, _, value = variant.partition("=")
             if name == key:
-                points.setdefault((dataset, model, finetune, key), []).append(
-                    (value, float(np.mean(scores)), float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
-                     len(scores)))
+                curves[(dataset, model, finetune, key)].append((value, scores))
+        for curve, pts in curves.items():
+            common = set.intersection(*(set(scores) for _, scores in pts))
+            for value, scores in pts:
+                seeds = sorted(common or scores)
+                vals = [scores[s] for s in seeds]
+                points.setdefault(curve, []).append(
+                    (value, float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals),
+                     tuple(seeds)))
     for key in points:
         order = [str(v) for v in grid["sweep"][key[3]]]
         points[key].sort(key=lambda p: order.index(p[0]))
@@ -88,7 +99,9 @@ def plot_sweep(points, out_dir, metric="ndcg@10", split="valid"):
             x = np.arange(len(pts))
             mean = np.array([p[1] for p in pts])
             std = np.array([p[2] for p in pts])
-            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=f"{dataset} {model} {finetune}")
+            seeds = sorted({s for p in pts for s in p[4]})
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3,
+                        label=f"{dataset} {model} {finetune} (seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))})")
             ax.set_xticks(x, [p[0] for p in pts])
         ax.set_xlabel(key)
         ax.set_ylabel(f"{split} {metric}")

@@ -179,8 +179,9 @@ def test_variant_table_and_sweep_plot_from_rows(tmp_path):
     assert "| d | TIGER | gflowgr-tb | gflowgr_lambda=0.1 | 0.2000 ± 0.1414 |" in table  # seeds 1, 2: 0.1 and 0.3
     assert table.splitlines()[-1].endswith("| 0.2000 | 0.2000 | 0.2000 | 0.2000 | 1 | 2 |")
     points = analysis.sweep_points(grid, "res", "ndcg@10", "valid")
-    assert [(p[0], round(p[1], 4), p[3]) for p in points[("d", "TIGER", "gflowgr-tb", "gflowgr_lambda")]] == \
-        [("0.1", 0.02, 2), ("1.0", 0.02, 1)]
+    # the curve keeps the seeds all its points have: seed 1 only, not a 2-seed mean beside a 1-seed point
+    assert [(p[0], round(p[1], 4), p[3], p[4]) for p in points[("d", "TIGER", "gflowgr-tb", "gflowgr_lambda")]] == \
+        [("0.1", 0.01, 1, (1,)), ("1.0", 0.02, 1, (1,))]
     paths = analysis.plot_sweep(points, str(tmp_path / "plots"))
     assert [os.path.basename(p) for p in paths] == ["sweep-gflowgr_lambda.png"]
     with open(paths[0], "rb") as f:
