@@ -360,11 +360,11 @@ def test_policy_gradient_objective_decreases_on_a_fixed_rollout(method):
     losses = []
     for _ in range(8):
         parts = trainer.objective(batch, rollout)
-        losses.append([float(p) for p in parts])
+        losses.append([p.item() for p in parts])
         trainer.optimizer.zero_grad()
         sum(parts).backward()
         trainer.optimizer.step()
-    assert abs(losses[0][0] - float(first[0])) < 1e-6  # pi_old = the first call's policy: ratio 1, no update yet
+    assert abs(losses[0][0] - first[0].item()) < 1e-6  # pi_old = the first call's policy: ratio 1, no update yet
     assert losses[-1][0] < losses[0][0]  # the clipped surrogate improves
     if method == "ppo":
         assert losses[-1][1] < losses[0][1]  # the value head fits the returns
