@@ -16,23 +16,41 @@ import sys
 import numpy as np
 
 from recbole_gflowgr.errors import ConfigError
-from recbole_gflowgr.experiments import done_cells, expand, load_grid
+from recbole_gflowgr.experiments import done_cells, expand, load_grid, plain_key
 from recbole_gflowgr.results import METRIC_KEYS
 
 
-def grid_rows(grid, results_dir="results"):
+def grid_rows(grid, results_dir="results", finished=None):
     """[(cell, row or None)] in grid order."""
-    finished = done_cells(results_dir)
+    finished = done_cells(results_dir) if finished is None else finished
     return [(cell, finished.get(cell.key)) for cell in expand(grid)]
 
 
-def variant_table(grid, results_dir="results", split="test"):
-    """Markdown: one line per (dataset, model, method, variant), mean ± std over the seeds that have rows."""
+def delta_vs_plain(pairs):
+    """'+0.0012 (p=0.34)' for [(variant value, plain value)] over common seeds; p from a paired t-test (2+ seeds)."""
+    from recbole_gflowgr.leaderboard import paired_p
+
+    if not pairs:
+        return "—"
+    ours, plain = zip(*pairs)
+    diffs = np.subtract(ours, plain)
+    text = f"{diffs.mean():+.4f}"
+    if len(diffs) > 1 and np.allclose(diffs, diffs[0]):  # no spread: a t-test says nothing useful
+        return text + f" (in each of {len(diffs)} seeds)"
+    p = paired_p(list(ours), list(plain))
+    return text + (f" (p={p:.2f})" if p is not None else f" ({len(pairs)} seed{'s' * (len(pairs) > 1)})")
+
+
+def variant_table(grid, results_dir="results", split="test", metric_vs_plain="ndcg@10"):
+    """Markdown: one line per (dataset, model, method, variant), mean ± std over the seeds that have rows, and the
+    mean difference of ``metric_vs_plain`` from the plain method's run (no overrides) over the seeds both have."""
+    finished = done_cells(results_dir)
     groups = collections.OrderedDict()
-    for cell, row in grid_rows(grid, results_dir):
+    for cell, row in grid_rows(grid, results_dir, finished):
         key = (cell["dataset"], cell["model"], cell["finetune"], cell["variant"] or "—")
         groups.setdefault(key, []).append((cell, row))
-    head = ["dataset", "model", "method", "variant", *METRIC_KEYS, "seeds", "missing"]
+    head = ["dataset", "model", "method", "variant", *METRIC_KEYS, f"Δ {metric_vs_plain} vs plain", "seeds",
+            "missing"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (dataset, model, finetune, variant), members in groups.items():
         rows = [r for _, r in members if r is not None]
@@ -45,8 +63,14 @@ def variant_table(grid, results_dir="results", split="test"):
                 cells.append(f"{values[0]:.4f}")
             else:
                 cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}")
+        pairs = []  # (this variant, the plain run) per seed that both have; none for the plain run itself
+        for cell, row in members:
+            plain = finished.get(plain_key(grid, cell))
+            if row is not None and plain is not None and plain_key(grid, cell) != cell.key:
+                pairs.append((row[split][metric_vs_plain], plain[split][metric_vs_plain]))
+        delta = delta_vs_plain(pairs) if any(plain_key(grid, c) != c.key for c, _ in members) else "(plain)"
         missing = [str(c["seed"]) for c, r in members if r is None]
-        out.append(f"| {dataset} | {model} | {finetune} | {variant} | " + " | ".join(cells) +
+        out.append(f"| {dataset} | {model} | {finetune} | {variant} | " + " | ".join(cells) + f" | {delta}" +
                    f" | {','.join(str(r['seed']) for r in rows) or '—'} | {','.join(missing) or '—'} |")
     return "\n".join(out)
 

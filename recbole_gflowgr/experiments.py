@@ -157,6 +157,11 @@ def sft_key(grid, cell):
     return _cell(grid, cell["dataset"], cell["model"], "sft", cell["seed"], cell["variant"], cell["overrides"]).key
 
 
+def plain_key(grid, cell):
+    """Key of the cell of the same dataset, model, method and seed with none of the variant's overrides."""
+    return _cell(grid, cell["dataset"], cell["model"], cell["finetune"], cell["seed"], "", {}).key
+
+
 def done_cells(results_dir, rows=None):
     """{cell key: row} of the rows that runs of this runner appended (``rows``: already read from
     ``results_dir``)."""
