@@ -63,12 +63,13 @@ def variant_table(grid, results_dir="results", split="test", metric_vs_plain="nd
                 cells.append(f"{values[0]:.4f}")
             else:
                 cells.append(f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}")
-        pairs = []  # (this variant, the plain run) per seed that both have; none for the plain run itself
-        for cell, row in members:
-            plain = finished.get(plain_key(grid, cell))
-            if row is not None and plain is not None and plain_key(grid, cell) != cell.key:
-                pairs.append((row[split][metric_vs_plain], plain[split][metric_vs_plain]))
-        delta = delta_vs_plain(pairs) if any(plain_key(grid, c) != c.key for c, _ in members) else "(plain)"
+        plain_keys = [plain_key(grid, cell) for cell, _ in members]
+        if all(key == cell.key for key, (cell, _) in zip(plain_keys, members)):
+            delta = "(plain)"
+        else:  # (this variant, the plain run) per seed that both have
+            pairs = [(row[split][metric_vs_plain], finished[key][split][metric_vs_plain])
+                     for key, (_, row) in zip(plain_keys, members) if row is not None and key in finished]
+            delta = delta_vs_plain(pairs)
         missing = [str(c["seed"]) for c, r in members if r is None]
         out.append(f"| {dataset} | {model} | {finetune} | {variant} | " + " | ".join(cells) + f" | {delta}" +
                    f" | {','.join(str(r['seed']) for r in rows) or '—'} | {','.join(missing) or '—'} |")
