@@ -182,15 +182,16 @@ class ResumeMixin:
 
     # ----- loading ---------------------------------------------------------------------------------------------
     def resume_last(self):
-        """``--resume``: continue from this run's last checkpoint; returns False (training starts from scratch)
-        when there is none."""
+        """``--resume``: continue from this run's last checkpoint; returns False (training starts at epoch 0:
+        from the initial or, for fine-tuning, the SFT weights) when there is none."""
         if not self.resumable:
             raise ConfigError(f"resume=True: {type(self).__name__} cannot resume (not a RecBole Trainer); drop --resume")
         path = self.last_checkpoint_file
         for tmp in glob.glob(glob.escape(path) + ".tmp*"):  # a kill while saving: the old file is intact
             os.remove(tmp)
         if not os.path.isfile(path):
-            self.logger.info(f"resume: no checkpoint {path} for this run; training from scratch")
+            # a fine-tuning run starts from its SFT weights, not from scratch
+            self.logger.info(f"resume: no checkpoint {path} for this run; starting at epoch 0")
             return False
         self.resume_checkpoint(path)
         return True
