@@ -109,6 +109,7 @@ def analyse(path, k=10, scorer=None):
     probs, cm = torch.cat(probs).numpy(), torch.cat(cm).numpy()
     suffix = f"@{k}"
     stats = {"checkpoint": path, "model": config["model"], "finetune": config["finetune"], "seed": config["seed"],
+             "variant": config["experiment_variant"] or "",  # a grid variant's run (e.g. beauty-cpu's control)
              "dataset": config["dataset"], "k": k, "n_lists": users,
              "gen_prob_std": float(probs.std()), "gen_prob_mean": float(probs.mean()),
              "kl_to_normal": kl_to_normal(probs), "cm_mean": float(cm.mean()),
@@ -134,6 +135,11 @@ def checkpoints_from_rows(results_dir, dataset, model, methods, seed):
     return [found[m] for m in methods]
 
 
+def label(stats):
+    """The method of a checkpoint's statistics, with its grid variant in brackets if it has one."""
+    return f"{stats['finetune']} [{stats['variant']}]" if stats.get("variant") else stats["finetune"]
+
+
 def report(all_stats, out_dir, name):
     """Writes <name>.json, <name>.md and <name>.png under ``out_dir``; returns the markdown table."""
     import matplotlib
@@ -143,13 +149,13 @@ def report(all_stats, out_dir, name):
 
     os.makedirs(out_dir, exist_ok=True)
     keys = [k for k in all_stats[0] if k not in ("probs", "checkpoint", "model", "dataset", "k", "seed", "finetune",
-                                                 "wall_s", "device", "commit")]
+                                                 "variant", "wall_s", "device", "commit")]
     lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    lines += [f"| {s['finetune']} | " + " | ".join(f"{s[k]:.4g}" for k in keys) + " |" for s in all_stats]
+    lines += [f"| {label(s)} | " + " | ".join(f"{s[k]:.4g}" for k in keys) + " |" for s in all_stats]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     top = max(float(s["probs"].max()) for s in all_stats)
     for s in all_stats:
-        ax.hist(s["probs"], bins=50, range=(0, top), alpha=0.5, label=f"{s['model']} {s['finetune']}")
+        ax.hist(s["probs"], bins=50, range=(0, top), alpha=0.5, label=f"{s['model']} {label(s)}")
     ax.set_xlabel(f"generation probability of the top-{all_stats[0]['k']} items")
     ax.set_ylabel("count (log scale)")
     ax.set_yscale("log")

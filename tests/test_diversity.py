@@ -34,6 +34,15 @@ def test_report_of_sft_and_gflowgr_checkpoints(monkeypatch):
     assert table.splitlines()[2].startswith("| sft |") and table.splitlines()[3].startswith("| gflowgr-tb |")
     assert sorted(os.listdir("div")) == ["tiny-TIGER-seed42.json", "tiny-TIGER-seed42.md", "tiny-TIGER-seed42.png"]
     assert [s["finetune"] for s in json.load(open("div/tiny-TIGER-seed42.json"))] == ["sft", "gflowgr-tb"]
+    # a grid variant's run is labelled with the variant (read from its checkpoint's config)
+    assert [s["variant"] for s in stats] == ["", ""]
+    assert run_recbole_gflowgr.main(["--model=TIGER", "--finetune=gflowgr-tb", "--gflowgr_lambda=0",
+                                     "--experiment_variant=lambda0"] + args) == 0
+    with open("res/tiny.jsonl") as f:
+        variant_run = json.loads(f.read().splitlines()[-1])["checkpoint"]
+    control = diversity.analyse(variant_run, k=10, scorer=FakeScorer(31))
+    table = diversity.report([stats[0], control], "div2", "v")
+    assert control["variant"] == "lambda0" and table.splitlines()[3].startswith("| gflowgr-tb [lambda0] | 60 |")
     # a later row of an ablation variant of the same method and seed is not the method
     with open("res/tiny.jsonl") as f:
         last = json.loads(f.read().splitlines()[-1])
