@@ -151,7 +151,8 @@ def report(all_stats, out_dir, name):
     keys = [k for k in all_stats[0] if k not in ("probs", "checkpoint", "model", "dataset", "k", "seed", "finetune",
                                                  "variant", "wall_s", "device", "commit")]
     lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    lines += [f"| {label(s)} | " + " | ".join(f"{s[k]:.4g}" for k in keys) + " |" for s in all_stats]
+    lines += [f"| {label(s)} | " + " | ".join(str(s[k]) if isinstance(s[k], int) else f"{s[k]:.4g}" for k in keys)
+              + " |" for s in all_stats]  # counts (n_lists) in full, e.g. 22363 users, not 2.236e+04
     fig, ax = plt.subplots(figsize=(5, 3.2))
     top = max(float(s["probs"].max()) for s in all_stats)
     for s in all_stats:
