@@ -102,6 +102,16 @@ def load_pretrained(model, path, config):
                           f"{unexpected[:3]}); use a checkpoint of the same model and config")
 
 
+def training_summary(trainer):
+    """Row fields of how training ended: ``epochs_trained``, ``best_epoch`` (both counted from 1), ``stopped_early``
+    (early stopping ended it; False: the epoch bound did) and ``valid_curve`` ([{epoch, elapsed_s, ndcg@10}], one
+    per validation, ``resume.py``)."""
+    if not getattr(trainer, "resumable", False):
+        return {}
+    return {"epochs_trained": len(getattr(trainer, "epoch_times", [])), "best_epoch": trainer.best_epoch,
+            "stopped_early": bool(trainer.stopped_early), "valid_curve": list(getattr(trainer, "valid_curve", []))}
+
+
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=(), saved=True):
     """Train ``model`` on ``dataset``, evaluate on valid/test, append a row under ``results_dir``; returns the row.
 
@@ -156,7 +166,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         resumed["resumed_s_note"] = "earlier processes' training-epoch times only (checkpoint without elapsed_s)"
     row = make_row(config, finetune, best_valid_result, test_result, time.time() - start + prior, commit,
                    extra={**resumed, "epochs": len(getattr(trainer, "epoch_times", [])),
-                          "epoch_s": trainer.mean_epoch_time(),
+                          "epoch_s": trainer.mean_epoch_time(), **training_summary(trainer),
                           "checkpoint": trainer.saved_model_file if saved else None, "pretrained": pretrained,
                           "log": next((h.baseFilename for h in logging.getLogger().handlers
                                        if isinstance(h, logging.FileHandler)), None)})

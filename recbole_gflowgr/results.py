@@ -8,6 +8,7 @@ import subprocess
 import torch
 
 from recbole_gflowgr.data.registry import REPO_ROOT
+from recbole_gflowgr.schedule import FINETUNE_PREFIX, NEUTRAL
 
 METRIC_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 # keys that change where/how a run is stored or shown, not what it computes: left out of config_hash
@@ -16,6 +17,9 @@ VOLATILE_KEYS = {"seed", "data_path", "checkpoint_dir", "results_dir", "show_pro
                  "nproc", "world_size", "ip", "port", "offset", "tokenizer_dir", "pretrained_checkpoint",
                  "experiment", "experiment_cell", "experiment_variant",
                  "resume", "gflowgr_logz_bound"}  # resume.py, numerics.py: how a run continues / is monitored
+# schedule keys (schedule.py) at their neutral value (constant lr, no warmup): the hash is that of the runs before
+# the keys existed (the collaborative model's cache, SFT caches, resume ids)
+NEUTRAL_KEYS = {prefix + key: value for prefix in ("", FINETUNE_PREFIX) for key, value in NEUTRAL.items()}
 TAG_KEYS = ("experiment", "experiment_cell", "experiment_variant")  # copied from the config into the row
 
 
@@ -39,6 +43,9 @@ def config_hash(plain):
     stable = {k: v for k, v in plain.items() if k not in VOLATILE_KEYS}
     if str(stable.get("enable_amp")) != "True":  # amp_dtype only matters under autocast: hashes of fp32 runs (CM,
         stable.pop("amp_dtype", None)  # SFT caches, resume ids) stay those of the runs before the key existed
+    for key, neutral in NEUTRAL_KEYS.items():  # keys added later, at the value that reproduces the runs before
+        if key in stable and stable[key] == neutral:  # them: left out, so those runs' caches / ids stay valid
+            stable.pop(key)
     return hashlib.sha1(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -7,8 +7,9 @@
 * **What** the last checkpoint holds: RecBole's own checkpoint (the keys ``Trainer.resume_checkpoint`` reads: model
   state, so also GFlowGR's log Z / flow heads and PPO's value head, which are submodules of the model; optimizer,
   so also log Z's own group; epoch; early-stopping counter; best valid score) plus ``resume``: the best valid
-  result, the path of the best checkpoint, the epoch times, whether training had ended (last epoch or early stop)
-  and the RNG states (python, numpy, torch, CUDA, the train loader's shuffling generator, the trainer's own
+  result, the path of the best checkpoint, the epoch times, the validation curve and best epoch (result rows'
+  ``valid_curve`` / ``best_epoch``), the lr scheduler's state (``schedule.py``), whether training had ended (last
+  epoch or early stop) and the RNG states (python, numpy, torch, CUDA, the train loader's shuffling generator, the trainer's own
   ``generator``: GFlowGR's sampler, the baselines' rollouts). GFlowGR's curriculum position is a function of
   (epoch, batch), so the epoch counter restores it.
 * **When**: after each validation (RecBole's ``callback_fn``: the best checkpoint and early stopping are updated
@@ -102,6 +103,29 @@ class ResumeMixin:
     decision-tree ones) pass through unchanged."""
     prior_elapsed_s = 0.0  # wall seconds of the earlier processes of a resumed run (set by resume_checkpoint)
     prior_elapsed_estimated = False
+    best_epoch = None  # epochs trained (counted from 1) when the best valid score was reached
+
+    @property
+    def stopped_early(self):
+        """Whether early stopping ended training (False: the epoch bound did, or no validation ran)."""
+        return self.cur_step > self.stopping_step
+
+    def _valid_epoch(self, *args, **kwargs):
+        score, result = super()._valid_epoch(*args, **kwargs)
+        self._last_valid_result = result
+        return score, result
+
+    def record_validation(self, epoch):
+        """After RecBole's early-stopping update of validation ``epoch`` (0-based): a ``valid_curve`` point
+        {epoch (from 1), elapsed_s (wall seconds since the run's fit started, earlier processes included), ndcg@10}
+        and ``best_epoch`` when it improved (RecBole resets ``cur_step`` to 0 then)."""
+        result = getattr(self, "_last_valid_result", None) or {}
+        ndcg = result.get("ndcg@10")
+        self.valid_curve = getattr(self, "valid_curve", []) + [
+            {"epoch": epoch + 1, "elapsed_s": round(self.prior_elapsed_s + time.time() - self._fit_start, 2),
+             "ndcg@10": None if ndcg is None else round(float(ndcg), 6)}]
+        if self.cur_step == 0:
+            self.best_epoch = epoch + 1
 
     @property
     def resumable(self):
@@ -134,11 +158,14 @@ class ResumeMixin:
             return
         loader = getattr(self, "_train_loader", None)
         gen = _generator(self)
+        sched = getattr(self, "lr_scheduler", None)
         state = {"config": self.config, "epoch": epoch, "cur_step": self.cur_step,
                  "best_valid_score": self.best_valid_score, "state_dict": self.model.state_dict(),
                  "other_parameter": self.model.other_parameter(), "optimizer": self.optimizer.state_dict(),
                  "resume": {"run_id": run_id(self.config), "best_valid_result": self.best_valid_result,
                             "best_file": self.saved_model_file, "epoch_times": list(getattr(self, "epoch_times", [])),
+                            "valid_curve": list(getattr(self, "valid_curve", [])), "best_epoch": self.best_epoch,
+                            "lr_scheduler": sched.state_dict() if sched is not None else None,
                             "elapsed_s": self.prior_elapsed_s + time.time() - self._fit_start,
                             "finished": epoch + 1 >= self.epochs or self.cur_step > self.stopping_step,
                             "rng": rng_states(), "generator": gen.get_state() if gen is not None else None,
@@ -167,6 +194,7 @@ class ResumeMixin:
             return self.best_valid_score, self.best_valid_result
 
         def end_of_epoch(epoch_idx, valid_score):
+            self.record_validation(epoch_idx)
             if saved:
                 self.save_last(epoch_idx)
             if callback_fn is not None:
@@ -214,6 +242,11 @@ class ResumeMixin:
         self.saved_model_file = best or self.saved_model_file
         self.best_valid_result = extra["best_valid_result"]
         self.epoch_times = list(extra["epoch_times"])
+        self.valid_curve = list(extra.get("valid_curve", []))  # checkpoints written before these keys: none
+        self.best_epoch = extra.get("best_epoch")
+        sched = getattr(self, "lr_scheduler", None)
+        if sched is not None and extra.get("lr_scheduler") is not None:
+            sched.load_state_dict(extra["lr_scheduler"])
         # wall time of the earlier processes of this run up to their last checkpoint (checkpoints written before
         # this key existed: their training epochs' times, a lower bound)
         self.prior_elapsed_s = extra.get("elapsed_s", sum(self.epoch_times))

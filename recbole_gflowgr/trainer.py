@@ -10,6 +10,7 @@ from recbole_gflowgr.compat import trusted_checkpoints
 from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.numerics import NumericsMixin
 from recbole_gflowgr.resume import ResumeMixin
+from recbole_gflowgr.schedule import Schedule, schedule_config
 
 
 class TrainerMixin(ResumeMixin, NumericsMixin):
@@ -24,10 +25,17 @@ class TrainerMixin(ResumeMixin, NumericsMixin):
     * Mixed precision: RecBole's ``enable_amp`` autocasts the training loss (``torch.autocast`` in its
       ``_train_epoch``) in the autocast dtype of the device; ours sets that dtype from ``amp_dtype`` for the epoch
       (bfloat16 by default; float16 needs RecBole's ``enable_scaler`` and a GPU). Evaluation stays in float32.
+    * A learning-rate schedule (``schedule.py``: ``lr_scheduler``, warmup; fine-tuning runs read the ``finetune_``
+      keys) on the optimiser that ``_build_optimizer`` returns (every param group from its own base lr, so also
+      GFlowGR's log Z group), stepped per optimiser step; its state is in the last checkpoint. The lr is logged
+      per epoch (log and tensorboard ``train/lr``).
     """
+    optimizer_steps_per_batch = 1  # trainers that update several times per batch (PPO, GRPO) may say so: linear /
+    # cosine schedules then end at the run's true last step (otherwise they reach min_lr_ratio early and stay there)
 
     def __init__(self, config, model):
         self.amp_dtype = amp_dtype(config)
+        self.schedule = Schedule(schedule_config(config, finetuning(config)))
         super().__init__(config, model)
         # RecBole names checkpoints <model>-<local time to the second>.pth: two runs started in the same second
         # (a grid with --jobs, tests) would overwrite each other's file
@@ -42,13 +50,29 @@ class TrainerMixin(ResumeMixin, NumericsMixin):
         with trusted_checkpoints():
             return super().evaluate(*args, **kwargs)
 
-    def _train_epoch(self, *args, **kwargs):
-        start = time.perf_counter()
+    def _build_optimizer(self, **kwargs):
+        optimizer = super()._build_optimizer(**kwargs)
+        self.lr_scheduler = self.schedule.attach(optimizer)
+        return optimizer
+
+    def fit(self, train_data, *args, **kwargs):
+        if self.resumable and hasattr(train_data, "__len__"):  # linear / cosine decay over the whole run
+            self.schedule.total = self.epochs * len(train_data) * self.optimizer_steps_per_batch
+        return super().fit(train_data, *args, **kwargs)
+
+    def current_lr(self):
+        return self.optimizer.param_groups[0]["lr"] if hasattr(self, "optimizer") else None
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        start, lr = time.perf_counter(), self.current_lr()
+        if lr is not None:
+            self.logger.info(f"epoch {epoch_idx} lr: {lr:.3g} ({self.schedule.kind}, step {self.lr_scheduler.last_epoch})")
+            self.tensorboard.add_scalar("train/lr", lr, epoch_idx)
         device_type = self.device.type
         before = torch.get_autocast_dtype(device_type)
         torch.set_autocast_dtype(device_type, self.amp_dtype)  # used by RecBole's autocast when enable_amp
         try:
-            return super()._train_epoch(*args, **kwargs)
+            return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
         finally:
             torch.set_autocast_dtype(device_type, before)
             self.epoch_times = getattr(self, "epoch_times", []) + [time.perf_counter() - start]
@@ -56,6 +80,13 @@ class TrainerMixin(ResumeMixin, NumericsMixin):
     def mean_epoch_time(self):
         times = getattr(self, "epoch_times", [])
         return round(sum(times) / len(times), 3) if times else None
+
+
+def finetuning(config):
+    """Whether the run fine-tunes a generative model (it reads the ``finetune_`` schedule keys)."""
+    from recbole_gflowgr.registry import OUR_MODELS
+
+    return config["model"] in OUR_MODELS and (config["finetune"] or "sft") != "sft"
 
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
