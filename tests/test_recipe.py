@@ -31,3 +31,51 @@ def test_medium_variant_is_the_medium_backbone():
         medium = yaml.safe_load(f)
     assert experiments.load_grid(GRID)["variants"]["medium"] == medium
     assert medium["num_heads"] * medium["d_kv"] == medium["d_model"]
+
+
+def fake_recipe_row(cell, valid, curve, best_epoch, stopped=True, **config):
+    from test_experiments import fake_row
+
+    row = fake_row(cell, test=valid - 0.01, valid=valid, wall=curve[-1][1] + 30)
+    row["valid_curve"] = [{"epoch": e, "elapsed_s": s, "ndcg@10": v} for e, s, v in curve]
+    row.update(best_epoch=best_epoch, epochs_trained=curve[-1][0], stopped_early=stopped)
+    row["config"] = {"learning_rate": 0.001, "lr_scheduler": "constant", "warmup_steps": 0, "train_batch_size": 256,
+                     "num_encoder_layers": 2, "num_decoder_layers": 2, "d_model": 64, "d_ff": 256, "epochs": 200,
+                     **config}
+    return row
+
+
+def test_recipe_table_and_plot_from_fake_rows():
+    from recbole_gflowgr import recipe
+    from recbole_gflowgr.results import append_row
+
+    grid = experiments.load_grid(GRID)
+    cells = {(c["model"], c["variant"]): c for c in experiments.expand(grid)}
+    append_row(fake_recipe_row(cells["TIGER", "baseline"], 0.04, [(1, 60, 0.02), (2, 120, 0.04), (3, 180, 0.03)], 2),
+               "res")
+    append_row(fake_recipe_row(cells["TIGER", "lr4e-3-cosine60"], 0.05, [(1, 60, 0.03), (2, 120, 0.05)], 2,
+                               stopped=False, learning_rate=0.004, lr_scheduler="cosine", warmup_steps=300,
+                               epochs=60), "res")
+    table = recipe.recipe_table(grid, "res")
+    lines = table.splitlines()
+    assert lines[2] == ("| industrial-scientific | TIGER | baseline | 0.001 | constant | 0 | 256 | 2+2L d64 ff256 | "
+                        "0.0400 | 0.0300 | 2 | 3 | true | 2.0 | 3.5 |")
+    assert lines[3].startswith("| industrial-scientific | TIGER | lr4e-3-cosine60 | 0.004 | cosine (60 ep) | 300 |")
+    assert "| **0.0500** |" in lines[3] and "| false |" in lines[3]  # the best valid score of the model in bold
+    assert lines[-1].startswith("missing: ") and "LETTER sft [medium]" in lines[-1]
+    assert "TIGER sft [baseline]" not in lines[-1]
+    recipe.main(["--grid", GRID, "--results_dir", "res"])
+    assert os.path.getsize("res/plots/recipe-industrial-scientific.png") > 1000
+    with open("res/plots/recipe.md") as f:
+        assert f.read() == table + "\n"
+
+
+def test_recipe_command_without_rows_says_what_to_run(capsys):
+    from recbole_gflowgr import recipe
+
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--grid", GRID, "--results_dir", "nothing"])
+    assert e.value.code == 2
+    assert "error: no rows yet for" in capsys.readouterr().err
