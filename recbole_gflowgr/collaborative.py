@@ -24,11 +24,15 @@ from recbole_gflowgr.utils import atomic_file, training_lock
 CM_CONFIG = os.path.join(PROPERTIES, "collaborative.yaml")
 
 
+def _settings(data_path):
+    """``data_path``: the root of the converted datasets, or the parent's :func:`dataset_settings` dict."""
+    return dict(data_path) if isinstance(data_path, dict) else {"data_path": data_path}
+
+
 def _cm_config(dataset, data_path="dataset", config_dict=None):
     from recbole_gflowgr.quick_start import load_config
 
-    overrides = {"data_path": data_path, "show_progress": False}
-    overrides.update(config_dict or {})
+    overrides = {**_settings(data_path), "show_progress": False, **(config_dict or {})}
     return load_config("SASRec", dataset, config_file_list=[CM_CONFIG], config_dict=overrides)
 
 
@@ -41,7 +45,8 @@ def cache_path(config):
 
 def train_or_load(dataset, data_path="dataset", config_dict=None):
     """Path of the trained CM checkpoint for ``dataset`` (trained now if not cached; concurrent callers wait for
-    the one that trains)."""
+    the one that trains). ``data_path``: a root folder or the parent run's ``dataset_settings(config)`` (what every
+    caller inside a run passes, so that the CM sees the same source as its parent)."""
     config = _cm_config(dataset, data_path, config_dict)
     path = cache_path(config)
     if os.path.isfile(path):
@@ -58,8 +63,8 @@ def _train(dataset, data_path, config_dict, path):
     # resume: an interrupted CM training (hours on CPU for yelp) continues from its last epoch's checkpoint
     # its row is labelled "cm" (not part of config_hash) so the leaderboard tells it from Table 1's SASRec cells,
     # which train with RecBole's defaults (up to 300 epochs) rather than collaborative.yaml's 50
-    overrides = {"data_path": data_path, "show_progress": False, "resume": True, "experiment_variant": "cm"}
-    overrides.update(config_dict or {})
+    overrides = {**_settings(data_path), "show_progress": False, "resume": True, "experiment_variant": "cm",
+                 **(config_dict or {})}
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
@@ -128,7 +133,8 @@ def load_scorer(dataset, data_path="dataset", device="cpu", config_dict=None, re
 
 
 def sasrec_item_embeddings(dataset, data_root="dataset", device="cpu", config_dict=None):
-    """(item tokens, (n, d) float32 array): the CM's item embeddings for every real item (padding dropped)."""
+    """(item tokens, (n, d) float32 array): the CM's item embeddings for every real item (padding dropped);
+    ``data_root`` as ``data_path`` of :func:`train_or_load`."""
     from recbole.data import create_dataset
 
     config = _cm_config(dataset, data_root, config_dict)

@@ -77,6 +77,10 @@ class Config(RecBoleConfig):
             super()._init_device()
 
     def _set_default_parameters(self):
+        from recbole_gflowgr.validation import validate
+
+        # every key typed and range-checked (validation.py) before RecBole's own checks, conversion or training
+        validate(self.final_config_dict, given=self.external_config_dict)
         super()._set_default_parameters()
         # RecBole points ml-100k at its bundled example; ours is converted under data_path like every dataset.
         root = self.external_config_dict.get("data_path", self.internal_config_dict.get("data_path", "dataset/"))

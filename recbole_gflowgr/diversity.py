@@ -80,11 +80,12 @@ def load_run(path, k):
 def analyse(path, k=10, scorer=None):
     """The statistics of one checkpoint, plus the pooled generation probabilities under ``"probs"``."""
     from recbole_gflowgr.collaborative import load_scorer
+    from recbole_gflowgr.data import dataset_settings
     from recbole_gflowgr.registry import get_trainer
 
     config, model, train_data, test_data = load_run(path, k)
     if scorer is None:
-        scorer = load_scorer(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])),
+        scorer = load_scorer(config["dataset"], dataset_settings(config), config_dict=config["collaborative_args"],
                              recbole_dataset=train_data._dataset)
     probs, cm, users = [], [], 0
     beam_search = model.beam_search

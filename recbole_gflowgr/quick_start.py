@@ -15,12 +15,13 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_gflowgr.resume import read_checkpoint
 from recbole_gflowgr import distributed
 from recbole_gflowgr.config import Config
-from recbole_gflowgr.data import prepare_dataset
+from recbole_gflowgr.data import dataset_settings, prepare_dataset
 from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.finetune import get_finetune_trainer
 from recbole_gflowgr.registry import OUR_MODELS, get_model, get_trainer
 from recbole_gflowgr.results import append_row, git_commit, make_row
 from recbole_gflowgr.utils import atomic_file, training_lock
+from recbole_gflowgr.validation import check_catalogue
 
 
 def load_config(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=()):
@@ -63,11 +64,13 @@ def sft_cache_path(config):
     return os.path.join(config["checkpoint_dir"], "sft", f"{config['dataset']}-{config['model']}-{config_hash(plain)}.pth")
 
 
-def sft_checkpoint(model, dataset, config_file_list=None, config_dict=None, cmd_args=()):
+def sft_checkpoint(model, dataset, config_file_list=None, config_dict=None, cmd_args=(), parent=None):
     """Path of the SFT checkpoint that fine-tuning starts from; trained now (its row appended) if not cached."""
     # the SFT run is not the fine-tuning run's grid cell: it gets no experiment tags (see experiments.py)
     cmd_args = [a for a in cmd_args if not a.startswith(("--finetune=", "--experiment_cell=", "--experiment_variant="))]
     cmd_args = cmd_args + ["--finetune=sft"]
+    if parent is not None:  # the parent's dataset settings (the files and command line give the rest)
+        config_dict = {**dataset_settings(parent), **(config_dict or {})}
     path = sft_cache_path(load_config(model, dataset, config_file_list, config_dict, cmd_args))
     if not os.path.isfile(path):
         with training_lock(path):  # concurrent fine-tuning runs of one backbone wait for one SFT run
@@ -125,8 +128,11 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         trainer_class = get_finetune_trainer(config["finetune"])  # unknown method: fail before any training
         if hasattr(trainer_class, "check_config"):
             trainer_class.check_config(config)
+        manifest = prepare_dataset(config["dataset"], config["data_path"], config["source_path"], config["source_prefix"])
+        if manifest.get("n_items"):  # the rules that need the catalogue, before the SFT run
+            check_catalogue(config.final_config_dict, manifest["n_items"])
         pretrained = config["pretrained_checkpoint"] or sft_checkpoint(
-            config["model"], config["dataset"], config_file_list, config_dict, cmd_args)
+            config["model"], config["dataset"], config_file_list, config_dict, cmd_args, parent=config)
         config["epochs"] = config["finetune_epochs"]
         config["learning_rate"] = config["finetune_learning_rate"]
     if distributed.launching(config):  # --nproc > 1 or a world_size: start the processes, each runs this run()

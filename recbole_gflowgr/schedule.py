@@ -2,7 +2,8 @@
 read the ``finetune_`` versions of these keys), as a factor of each parameter group's own base lr per optimiser step.
 
 * ``constant``: 1 (RecBole's behaviour); ``linear`` / ``cosine``: from 1 down to ``min_lr_ratio`` at the run's last
-  step (``total`` = epochs x batches per epoch x optimiser steps per batch); ``inverse_sqrt`` (T5 / TIGER):
+  step (``total`` = ``lr_decay_epochs`` (0: the run's epochs) x batches per epoch x optimiser steps per batch; a
+  horizon shorter than the epoch bound lets early stopping end the run on the decayed lr); ``inverse_sqrt`` (T5 / TIGER):
   ``sqrt(warmup / step)`` after the warmup (``warmup`` 0: ``1 / sqrt(step)``, step counted from 1).
 * Warmup: a linear ramp ``(step + 1) / warmup`` over the first ``warmup`` steps, for every schedule;
   ``warmup_ratio`` gives it as a fraction of ``total`` (give one of the two).
@@ -18,9 +19,9 @@ from recbole_gflowgr.errors import ConfigError
 
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
 # the keys of a plain (SFT, collaborative) run; a fine-tuning run reads FINETUNE_PREFIX + key
-KEYS = ("lr_scheduler", "warmup_steps", "warmup_ratio", "min_lr_ratio")
+KEYS = ("lr_scheduler", "warmup_steps", "warmup_ratio", "min_lr_ratio", "lr_decay_epochs")
 FINETUNE_PREFIX = "finetune_"
-NEUTRAL = {"lr_scheduler": "constant", "warmup_steps": 0, "warmup_ratio": 0.0, "min_lr_ratio": 0.0}
+NEUTRAL = {"lr_scheduler": "constant", "warmup_steps": 0, "warmup_ratio": 0.0, "min_lr_ratio": 0.0, "lr_decay_epochs": 0}
 
 
 def schedule_config(config, finetuning):
@@ -43,6 +44,9 @@ def schedule_config(config, finetuning):
         raise ConfigError(f"{prefix}warmup_steps={steps} and {prefix}warmup_ratio={ratio} are both set; give one of them")
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
         raise ConfigError(f"{prefix}min_lr_ratio={floor!r} must be a number in [0, 1] (final lr / base lr)")
+    decay = values["lr_decay_epochs"]
+    if isinstance(decay, bool) or not isinstance(decay, int) or decay < 0:
+        raise ConfigError(f"{prefix}lr_decay_epochs={decay!r} must be an integer >= 0 (0 = the run's epochs)")
     return values
 
 

@@ -56,8 +56,9 @@ class TrainerMixin(ResumeMixin, NumericsMixin):
         return optimizer
 
     def fit(self, train_data, *args, **kwargs):
-        if self.resumable and hasattr(train_data, "__len__"):  # linear / cosine decay over the whole run
-            self.schedule.total = self.epochs * len(train_data) * self.optimizer_steps_per_batch
+        if self.resumable and hasattr(train_data, "__len__"):  # linear / cosine decay over lr_decay_epochs (or the run)
+            epochs = min(self.schedule.values["lr_decay_epochs"] or self.epochs, self.epochs)
+            self.schedule.total = epochs * len(train_data) * self.optimizer_steps_per_batch
         return super().fit(train_data, *args, **kwargs)
 
     def current_lr(self):

@@ -443,7 +443,7 @@ def test_impossible_hyperparameter_fails_before_any_training(capsys):
     code = run_recbole_gflowgr.main(["--model=TIGER", "--dataset=tiny", f"--source_path={src}", "--finetune=grpo",
                                      "--grpo_group_size=1"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: grpo_group_size=1 must be an integer >= 2") and "\n" not in err
+    assert code == 2 and err.startswith("error: grpo_group_size=1: expected an int >= 2") and "\n" not in err
     assert not os.path.exists("saved")  # no SFT was trained
 
 

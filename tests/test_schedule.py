@@ -104,6 +104,17 @@ def test_sft_run_follows_the_schedule_and_logs_the_lr(monkeypatch):
     assert row["config"]["lr_scheduler"] == "linear"
 
 
+def test_decay_horizon_shorter_than_the_bound_holds_the_floor_after_it(monkeypatch):
+    """lr_decay_epochs=1 of a 3-epoch run: the cosine reaches min_lr_ratio after epoch 0 and stays there."""
+    args = ["--model=TIGER"] + patch_gr(monkeypatch) + with_args(
+        TINY_GR, ["--epochs=3", "--lr_scheduler=cosine", "--lr_decay_epochs=1", "--min_lr_ratio=0.1",
+                  "--learning_rate=0.01"])
+    keep_last(monkeypatch)
+    runs = record_lrs(monkeypatch)
+    assert run_recbole_gflowgr.main(args) == 0
+    assert runs[-1][1] == pytest.approx([0.01, 0.001, 0.001])
+
+
 def test_schedule_keys_at_their_default_leave_the_config_hash_as_before():
     from recbole_gflowgr.results import config_hash
 

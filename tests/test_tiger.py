@@ -107,7 +107,7 @@ def test_gflowgr_chain_trains_sft_first_then_fine_tunes(monkeypatch, method):
     (["--finetune=gflowgr-tb", "--gflowgr_lambda=-1"], "gflowgr_lambda=-1"),
     (["--finetune=gflowgr-tb", "--gflowgr_n_aug=-2"], "gflowgr_n_aug=-2"),
     (["--finetune=gflowgr-tb", "--pretrained_checkpoint=missing.pth"], "pretrained_checkpoint=missing.pth does not exist"),
-    (["--amp_dtype=half"], "amp_dtype='half' is not an autocast dtype"),
+    (["--amp_dtype=half"], "amp_dtype=half: expected one of bfloat16 | float16"),
     (["--enable_amp=True", "--amp_dtype=float16"], "amp_dtype=float16 is for GPUs"),
 ])
 def test_bad_config_is_one_clear_error(monkeypatch, capsys, extra, message):

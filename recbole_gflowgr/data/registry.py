@@ -43,6 +43,23 @@ def get_dataset_spec(name, source_path=None, source_prefix=None):
     return None
 
 
+SOURCE_KEYS = ("source_path", "source_prefix", "text_fields")  # where a dataset's source is and which text it has
+
+
+def dataset_settings(config, data_root=None):
+    """The dataset settings every run a job starts for itself (collaborative SASRec, SFT cache run, tokenizer, LETTER's
+    CM embeddings, the scorers of PPO/IPA/GFlowGR, diversity) takes over from its parent, so that an unregistered
+    ``--source_path`` dataset works the whole way down: ``source_path``, ``source_prefix``, ``text_fields`` and
+    ``data_path`` (the root of the converted datasets; ``data_root`` or the parent of the parent's
+    ``<data_path>/<dataset>``). ``config``: a Config, its saved copy or a plain mapping (e.g. a tokenizer config)."""
+    get = config.get if isinstance(config, dict) else (lambda k: config[k])
+    if data_root is None:
+        data_root = os.path.dirname(os.path.normpath(get("data_path") or os.path.join("dataset", "x")))
+    settings = {"data_path": data_root}
+    settings.update({k: get(k) for k in SOURCE_KEYS if get(k) is not None})
+    return settings
+
+
 def require_dataset_spec(name, source_path=None, source_prefix=None):
     spec = get_dataset_spec(name, source_path, source_prefix)
     if spec is None:

@@ -204,11 +204,11 @@ def ensure_scorer(trainer, train_data):
     kept as ``trainer.scorer``; shared by GFlowGR, IPA, PPO and GRPO."""
     if getattr(trainer, "scorer", None) is None:
         from recbole_gflowgr.collaborative import load_scorer
+        from recbole_gflowgr.data import dataset_settings
 
         config = trainer.config
         with preserved_rng():  # its random init must not shift the training stream (a resumed run loads it later)
-            scorer = load_scorer(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])),
-                                 trainer.device, config_dict=config["collaborative_args"],
+            scorer = load_scorer(config["dataset"], dataset_settings(config), trainer.device, config_dict=config["collaborative_args"],
                                  recbole_dataset=train_data._dataset)
         if scorer.n_items != trainer.model.n_items:
             raise ConfigError(f"the collaborative model has {scorer.n_items} items, the dataset "

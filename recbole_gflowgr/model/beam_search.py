@@ -126,7 +126,7 @@ class _HFCacheStepper(_RecomputeStepper):
 
     def step(self, seq, rows=None):
         h = self.decoder(input_ids=seq[:, -1:], encoder_hidden_states=self.enc, encoder_attention_mask=self.mask,
-                         past_key_values=self.cache, use_cache=True).last_hidden_state[:, -1]
+                         cache=self.cache, use_cache=True).last_hidden_state[:, -1]
         return h if rows is None else h[rows]
 
 
@@ -334,7 +334,7 @@ def _shared_encoder_decode(model, dec_in, enc, attention_mask, M):
             cache.cross_attention_cache.update(k.repeat_interleave(M, dim=0), v.repeat_interleave(M, dim=0), i)
             cache.is_updated[i] = True
     return decoder(input_ids=dec_in, encoder_hidden_states=enc.repeat_interleave(M, dim=0),
-                   encoder_attention_mask=mask, past_key_values=cache, use_cache=cache is not None).last_hidden_state
+                   encoder_attention_mask=mask, cache=cache, use_cache=cache is not None).last_hidden_state
 
 
 def sequence_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, target_items: torch.Tensor,

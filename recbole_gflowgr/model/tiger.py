@@ -9,7 +9,6 @@ Encoder input: [user token] + the codes of the last ``MAX_ITEM_LIST_LENGTH`` his
 beam's sequence log-probability for the ``beam_size`` generated items and ``-inf`` for every other item: items
 outside the beam are unranked (RecBole's evaluator then only credits hits inside the top-``beam_size``).
 """
-import os
 from logging import getLogger
 
 import numpy as np
@@ -29,12 +28,11 @@ def fetch_semantic_ids(config, tokenizer):
     """The dataset's semantic IDs from ``tokenizer`` (built on first use, then cached; see tokenizer/)."""
     from recbole_gflowgr.tokenizer import get_semantic_ids
 
-    overrides = dict(config["tokenizer_args"] or {})
-    for key in ("source_path", "source_prefix"):  # where the dataset's source is, for the tokenizer's own check
-        if config[key]:
-            overrides.setdefault(key, config[key])
-    return get_semantic_ids(config["dataset"], tokenizer, data_path=os.path.dirname(os.path.normpath(config["data_path"])),
-                            overrides=overrides, device="cpu", logger=getLogger(), show_progress=config["show_progress"])
+    from recbole_gflowgr.data import dataset_settings
+
+    settings = dataset_settings(config)  # the run's source and text fields; tokenizer_args may still override them
+    overrides = {**{k: v for k, v in settings.items() if k != "data_path"}, **(config["tokenizer_args"] or {})}
+    return get_semantic_ids(config["dataset"], tokenizer, data_path=settings["data_path"], overrides=overrides, device="cpu", logger=getLogger(), show_progress=config["show_progress"])
 
 
 class TIGER(SequentialRecommender):

@@ -76,6 +76,9 @@ def load_tokenizer_config(tokenizer, dataset=None, overrides=None):
         if key not in allowed:
             raise ConfigError(f"{key}: not a {tokenizer} tokenizer key; known keys: {', '.join(sorted(allowed))}")
         cfg[key] = value
+    from recbole_gflowgr.validation import tokenizer_schema, validate_keys
+
+    validate_keys(cfg, tokenizer_schema(tokenizer), prefix="", given=set(overrides or {}))  # the yaml's own types
     if "alpha_by_dataset" in cfg:
         by_dataset = cfg.pop("alpha_by_dataset") or {}
         if "alpha" not in (overrides or {}) and dataset in by_dataset:
@@ -157,13 +160,14 @@ def read_semantic_ids(folder):
     return SemanticIDs(items, codes, list(stats["level_sizes"]), folder, stats)
 
 
-def _collaborative(dataset, data_path, device, item_tokens, cf_embeddings, logger):
-    """(n, d) collaborative embeddings aligned with ``item_tokens``."""
+def _collaborative(dataset, cfg, data_path, device, item_tokens, cf_embeddings, logger):
+    """(n, d) collaborative embeddings aligned with ``item_tokens``; the CM sees the tokenizer's own dataset source."""
     if cf_embeddings is None:
         from recbole_gflowgr.collaborative import sasrec_item_embeddings  # lazy: RecBole only for LETTER
+        from recbole_gflowgr.data import dataset_settings
 
         logger.info(f"LETTER: collaborative (SASRec) item embeddings of {dataset}")
-        cf_embeddings = sasrec_item_embeddings(dataset, data_root=data_path, device=device)
+        cf_embeddings = sasrec_item_embeddings(dataset, data_root=dataset_settings(cfg, data_path), device=device)
     tokens, emb = cf_embeddings
     row = {str(t): i for i, t in enumerate(tokens)}
     missing = [t for t in item_tokens if t not in row]
@@ -208,7 +212,7 @@ def compute_semantic_ids(dataset, tokenizer, cfg, data_path="dataset", device="c
     t0 = time.time()
     extra = {}
     if tokenizer == "letter":
-        cf = _collaborative(dataset, data_path, device, items, cf_embeddings, logger)
+        cf = _collaborative(dataset, cfg, data_path, device, items, cf_embeddings, logger)
         extra = {"cf_dim": int(cf.shape[1]), "cf_s": round(time.time() - t0, 1)}
         t0 = time.time()
     with _cpu_threads(cfg.get("cpu_threads", 0), device) as threads:
