@@ -10,7 +10,8 @@ amazon-beauty (when its data are under ../shared/data) with ``properties/small.y
     ratio gflowgr-tb/sft <dataset>: <x>x                 (time per batch, the two steps in turn on the same batches)
     theoretical gflowgr-tb/sft <dataset>: <y>x           (analytic FLOPs, :func:`step_flops`, at the batches' history lengths)
 
-and, timed in the same turns, SFT padded to the batch's longest history (the previous way) against ours.
+and, timed in the same turns, SFT padded to the batch's longest history (the previous way) against ours
+(``--profile=N``: also the top N ops of the SFT step by self CPU time, torch.profiler).
 
 With ``--dataset=<name>`` it runs the detailed comparison on that dataset only (``--size=paper|small``):
 
@@ -191,14 +192,22 @@ def measure(dataset, files, args, peak):
           f"padded to the batch's longest (previous way): {t['sft-longest'] / t['sft']:.2f}x; GFlowGR-TB "
           f"(N={args.n_aug}): {t['gfn']:.3f} s/batch")
     useful = theory[0][0]  # analytic FLOPs of the step on batch 1 (true lengths, attention included)
-    print(f"SFT FLOPs of batch 1: analytic {useful / 1e9:.2f} G; FlopCounterMode {counted / 1e9:.2f} G (its matmuls "
-          "incl. padding, without CPU sdpa's attention, which it does not count)")
+    print(f"SFT FLOPs of batch 1: analytic {useful / 1e9:.2f} G (true lengths); FlopCounterMode {counted / 1e9:.2f} G "
+          "(the matmuls run, padding of each length group included)")
     print(f"SFT sequences/s {dataset}: {n_seq / t['sft']:.0f}")
     sft_rate = sft_flops / (t["sft"] * len(theory))
     print(f"SFT FLOP share {dataset}: {sft_rate / peak:.0%} ({sft_rate / 1e9:.1f} G/s analytic model FLOPs of "
           f"{peak / 1e9:.1f} G/s dense matmul)")
     print(f"ratio gflowgr-tb/sft {dataset}: {t['gfn'] / t['sft']:.2f}x")
     print(f"theoretical gflowgr-tb/sft {dataset}: {gfn_flops / sft_flops:.2f}x")
+    if args.profile:  # where the SFT step's time goes (torch.profiler, self CPU time per op)
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for batch in batches[1:]:
+                sft_step(batch)
+        print(f"SFT step profile {dataset}:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
 
 
 def main():
@@ -209,6 +218,8 @@ def main():
     parser.add_argument("--batches", type=int, default=None, help="timed batches (default 4; 10 with --dataset)")
     parser.add_argument("--n_aug", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--profile", type=int, default=0, help="summary mode: print the top N ops of the SFT step "
+                                                               "(torch.profiler) per dataset")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
