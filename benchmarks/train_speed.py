@@ -1,4 +1,19 @@
-"""Training speed of the generative backbone, ours vs the alternatives, in one run on the same batches:
+"""Training speed of the generative backbone: SFT vs GFlowGR-TB per dataset, and ours vs the previous ways.
+
+With no arguments (``python benchmarks/train_speed.py``) it measures, per dataset — industrial-scientific and
+amazon-beauty (when its data are under ../shared/data) with ``properties/small.yaml``, ml-100k with the demo config
+(gflowgr.yaml + small.yaml + demo.yaml) — a few batches (``--batches``) and prints
+
+    SFT sequences/s <dataset>: <n>                      (length-bucketed SFT steps: forward, backward, AdamW)
+    SFT FLOP share <dataset>: <p>%                       (analytic model FLOPs / time, over dense matmul FLOP/s
+                                                          measured in the same run)
+    ratio gflowgr-tb/sft <dataset>: <x>x                 (time per batch, the two steps in turn on the same batches)
+    theoretical gflowgr-tb/sft <dataset>: <y>x           (analytic FLOPs, :func:`step_flops`, at the batches' history lengths)
+
+and, timed in the same turns, SFT padded to the batch's longest history (the previous way) against ours
+(``--profile=N``: also the top N ops of the SFT step by self CPU time, torch.profiler).
+
+With ``--dataset=<name>`` it runs the detailed comparison on that dataset only (``--size=paper|small``):
 
 1. SFT with length-bucketed batches (ours, ``length_buckets``) vs every history padded to the batch's longest
    (``length_buckets=1``) vs padded to MAX_ITEM_LIST_LENGTH (20 items = 80 tokens, the naive way):
@@ -74,17 +89,158 @@ def time_interleaved(steps, batches):
     return {name: t / (len(batches) - 1) for name, t in total.items()}
 
 
+def t5_forward_flops(cfg, S, T, n_ff, head=None, cross_kv=True, encoder=True):
+    """Matmul FLOPs (2 per multiply-add) of one T5 forward for one sequence: an encoder over ``S`` tokens (if
+    ``encoder``), a decoder over ``T`` tokens attending to them (its cross-attention K/V projections of the ``S``
+    encoder states only if ``cross_kv``) and an output head of ``head`` rows (default: the vocabulary) per decoder
+    token. ``S`` may be a tensor of per-sequence lengths (the sum over them is returned). ``n_ff``: feed-forward
+    matrices (2 for relu, 3 for gated)."""
+    d, inner, ff = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff
+    S = torch.as_tensor(S, dtype=torch.float64)
+    out = torch.zeros_like(S)
+    if encoder:
+        out += cfg.num_layers * (8 * S * d * inner + 4 * S * S * inner + 2 * n_ff * S * d * ff)
+    dec = 8 * T * d * inner + 4 * T * T * inner  # self-attention: Q, K, V, O projections; scores and A @ V
+    dec = dec + 4 * T * d * inner + 4 * T * S * inner  # cross-attention: Q, O projections; scores and A @ V
+    dec = dec + (4 * S * d * inner if cross_kv else 0) + 2 * n_ff * T * d * ff
+    out += cfg.num_decoder_layers * dec
+    out += 2 * T * d * (cfg.vocab_size if head is None else head)
+    return float(out.sum())
+
+
+def step_flops(model, batch, n_aug):
+    """(SFT, GFlowGR-TB) analytic FLOPs of one training step (forward + backward = 3 forwards) on ``batch`` at its
+    rows' true history lengths: SFT = encoder + decoder over the target's L tokens + full-vocabulary head;
+    GFlowGR = the same pass (its positive also gets the constrained per-level head) + ``n_aug`` more decoder passes
+    that share the encoder and the cross-attention K/V, each with the per-level heads (the allowed children's
+    logits of each level)."""
+    cfg = model.t5.config
+    n_ff = 3 if cfg.is_gated_act else 2
+    S = model.encoder_inputs(batch)[1].sum(1)  # (B,) true token lengths
+    L = model.code_len
+    levels = 2 * cfg.d_model * sum(model.level_sizes) * len(S)  # one row's constrained heads over the L levels
+    sft = t5_forward_flops(cfg, S, L, n_ff)
+    extra = t5_forward_flops(cfg, S, L, n_ff, head=0, cross_kv=False, encoder=False)
+    gfn = sft + levels + n_aug * (extra + levels)
+    return 3 * sft, 3 * gfn
+
+
+DATASETS = [("industrial-scientific", ["small.yaml"]), ("ml-100k", ["gflowgr.yaml", "small.yaml", "demo.yaml"]),
+            ("amazon-beauty", ["small.yaml"])]
+
+
+def build(dataset, files, n_aug, n_batches):
+    config = load_config("TIGER", dataset, config_file_list=[os.path.join(PROPERTIES, f) for f in files],
+                         config_dict={"show_progress": False, "finetune": "gflowgr-tb", "gflowgr_n_aug": n_aug})
+    _, (train_data, _, _) = prepare_data(config)
+    torch.manual_seed(0)
+    model = get_model("TIGER")(config, train_data._dataset)
+    it = iter(train_data)
+    batches = [next(it) for _ in range(min(n_batches + 1, len(train_data)))]
+    return config, model, train_data, batches
+
+
+def gflowgr_step(config, model, train_data, n_batches):
+    from recbole.model.sequential_recommender import SASRec
+
+    from recbole_gflowgr.collaborative import CollaborativeScorer
+    from recbole_gflowgr.finetune.gflowgr.trainer import GFlowGRTrainer
+
+    cm_config = load_config("SASRec", config["dataset"], config_dict={"show_progress": False})
+    trainer = GFlowGRTrainer(config, model)
+    trainer.scorer = CollaborativeScorer(SASRec(cm_config, train_data._dataset))
+    trainer.epoch_idx, trainer.n_batches, trainer.batch_idx = 0, n_batches, 0
+    trainer.stats = {"log_z": 0.0, "reward": 0.0, "weight": 0.0}
+
+    def step(batch):
+        trainer.optimizer.zero_grad()
+        sum(trainer.gflowgr_loss(batch)).backward()
+        trainer.optimizer.step()
+    return step
+
+
+def measure(dataset, files, args, peak):
+    """Per-dataset lines of the default run (see the module docstring)."""
+    config, model, train_data, batches = build(dataset, files, args.n_aug, args.batches)
+    n_seq = sum(len(b) for b in batches[1:]) / (len(batches) - 1)
+    print(f"\n{dataset}: TIGER {'+'.join(f[:-5] for f in files)}, "
+          f"{sum(p.numel() for p in model.t5.parameters()) / 1e6:.2f}M parameters, batch {len(batches[0])}, "
+          f"MAX_ITEM_LIST_LENGTH {config['MAX_ITEM_LIST_LENGTH']}, mean history "
+          f"{float(batches[1][model.ITEM_SEQ_LEN].float().mean()):.1f} items of {model.code_len} tokens")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def sft_step(batch, buckets=config["length_buckets"]):
+        model.length_buckets = buckets
+        opt.zero_grad()
+        model.calculate_loss(batch).backward()
+        opt.step()
+
+    gfn = gflowgr_step(config, model, train_data, len(batches))
+
+    def gfn_step(batch):
+        model.length_buckets = config["length_buckets"]  # as SFT (ours): per history-length group
+        gfn(batch)
+
+    t = time_interleaved({"sft": sft_step, "sft-longest": lambda b: sft_step(b, 1), "gfn": gfn_step}, batches)
+    model.length_buckets = config["length_buckets"]
+    with FlopCounterMode(display=False) as counter:
+        sft_step(batches[1])
+    counted = counter.get_total_flops()
+    theory = [step_flops(model, b, args.n_aug) for b in batches[1:]]
+    sft_flops, gfn_flops = (sum(x) for x in zip(*theory))
+    print(f"SFT step: {t['sft']:.3f} s/batch (ours, {config['length_buckets']} length groups) vs {t['sft-longest']:.3f} "
+          f"padded to the batch's longest (previous way): {t['sft-longest'] / t['sft']:.2f}x; GFlowGR-TB "
+          f"(N={args.n_aug}): {t['gfn']:.3f} s/batch")
+    useful = theory[0][0]  # analytic FLOPs of the step on batch 1 (true lengths, attention included)
+    print(f"SFT FLOPs of batch 1: analytic {useful / 1e9:.2f} G (true lengths); FlopCounterMode {counted / 1e9:.2f} G "
+          "(the matmuls run, padding of each length group included)")
+    print(f"SFT sequences/s {dataset}: {n_seq / t['sft']:.0f}")
+    sft_rate = sft_flops / (t["sft"] * len(theory))
+    print(f"SFT FLOP share {dataset}: {sft_rate / peak:.0%} ({sft_rate / 1e9:.1f} G/s analytic model FLOPs of "
+          f"{peak / 1e9:.1f} G/s dense matmul)")
+    print(f"ratio gflowgr-tb/sft {dataset}: {t['gfn'] / t['sft']:.2f}x")
+    print(f"theoretical gflowgr-tb/sft {dataset}: {gfn_flops / sft_flops:.2f}x")
+    if args.profile:  # where the SFT step's time goes (torch.profiler, self CPU time per op)
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for batch in batches[1:]:
+                sft_step(batch)
+        print(f"SFT step profile {dataset}:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--dataset", default=None, help="one dataset, detailed comparison (default: the summary of "
+                                                        "industrial-scientific, ml-100k and amazon-beauty)")
     parser.add_argument("--size", default="paper", choices=["paper", "small"])
-    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=None, help="timed batches (default 4; 10 with --dataset)")
     parser.add_argument("--n_aug", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--profile", type=int, default=0, help="summary mode: print the top N ops of the SFT step "
+                                                               "(torch.profiler) per dataset")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tiger.fetch_semantic_ids = random_ids
+    if args.dataset:
+        args.batches = args.batches or 10
+        return detailed(args)
+    args.batches = args.batches or 4
+    from recbole_gflowgr.data.registry import get_dataset_spec
+
+    peak = matmul_flops()
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, dense 1024^3 matmul {peak / 1e9:.1f} G FLOP/s")
+    for dataset, files in DATASETS:
+        spec = get_dataset_spec(dataset)
+        if spec is not None and not os.path.isdir(spec.default_source):
+            print(f"\n{dataset}: skipped (no data at {spec.default_source})")
+            continue
+        measure(dataset, files, args, peak)
+
+
+def detailed(args):
     files = [os.path.join(PROPERTIES, "small.yaml")] if args.size == "small" else []
     config = load_config("TIGER", args.dataset, config_file_list=files,
                          config_dict={"show_progress": False, "finetune": "gflowgr-tb", "gflowgr_n_aug": args.n_aug})
