@@ -251,10 +251,11 @@ def validate_keys(values, specs, prefix="--", given=None):
             check_value(key, values[key], spec, prefix)
 
 
-def validate(values, given=None):
-    """Types, ranges and cross-key rules of a final config dict (a Config's ``final_config_dict``)."""
+def validate(values, given=None, model=None):
+    """Types, ranges and cross-key rules of a final config dict (a Config's ``final_config_dict``); ``model``: its
+    model's name where the dict does not hold it yet."""
     validate_keys(values, schema(), given=given)
-    check_rules(values)
+    check_rules(dict(values, model=model) if model else values)
 
 
 def check_rules(values):
