@@ -158,13 +158,21 @@ def split_comment(rest):
     return None
 
 
-def parse_yaml(path):
-    """{key: Spec} of the top-level keys of one yaml file; every top-level key needs a well-formed comment."""
+def recbole_yaml_loader():
+    """The yaml loader RecBole's Config reads our files with (``1e-6`` is a float there, a str for safe_load)."""
+    from recbole.config import Config as RecBoleConfig
+
+    return RecBoleConfig._build_yaml_loader(None)
+
+
+def parse_yaml(path, loader=None):
+    """{key: Spec} of the top-level keys of one yaml file; every top-level key needs a well-formed comment.
+    ``loader``: the yaml loader its reader uses (default: yaml.safe_load's)."""
     with open(path) as f:
         lines = f.read().splitlines()
     rel = os.path.relpath(path, os.path.dirname(PACKAGE))
     try:
-        defaults = yaml.safe_load("\n".join(lines)) or {}
+        defaults = yaml.load("\n".join(lines), Loader=loader or yaml.SafeLoader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{rel}: not valid YAML ({str(e).splitlines()[0]})") from None
     specs = {}
@@ -223,7 +231,7 @@ def merge(specs_by_file):
 def schema():
     """{key: Spec} of every run config key: RecBole's table, then our yamls (the first range given wins)."""
     table = {k: parse_type(v, f"validation.RECBOLE_KEYS[{k!r}]") for k, v in RECBOLE_KEYS.items()}
-    return merge([table] + [parse_yaml(p) for p in schema_files()])
+    return merge([table] + [parse_yaml(p, recbole_yaml_loader()) for p in schema_files()])
 
 
 @functools.lru_cache(maxsize=None)
@@ -238,7 +246,8 @@ def _show(value):
 def check_value(key, value, spec, prefix="--"):
     expected = spec.problem(value)
     if expected:
-        default = "" if spec.default is None or spec.default is NO_DEFAULT else f", e.g. {prefix}{key}={_show(spec.default)} (the default)"
+        known = spec.default is not None and spec.default is not NO_DEFAULT
+        default = f", e.g. {prefix}{key}={_show(spec.default)}" if known else ""
         raise ConfigError(f"{key}={_show(value)}: expected {expected}; fix it on the command line or in your "
                           f"config file{default} [{spec.meaning or spec.source}]")
 
