@@ -9,7 +9,7 @@ ConfigError naming the yaml file and line)::
     # (str: a | b | c) meaning          the allowed values
     # (list of int >= 1) meaning        a list whose every element is such a value (a bare value: a list of one)
 
-A key whose default (in any of the schema files) is ``~`` also accepts ``~``. Keys of RecBole that we rely on but do
+A key whose default (in any of the schema files, or in RecBole's own overall.yaml) is ``~`` also accepts ``~``. Keys of RecBole that we rely on but do
 not declare in our yamls are in :data:`RECBOLE_KEYS`, in the same grammar. :func:`validate` checks the types and
 ranges, then the cross-key rules (:func:`check_rules`); the first bad value raises ConfigError
 ``<key>=<value>: <expected>; <fix>``, which the CLI prints as one ``error:`` line with exit status 2.
@@ -230,8 +230,16 @@ def merge(specs_by_file):
 @functools.lru_cache(maxsize=None)
 def schema():
     """{key: Spec} of every run config key: RecBole's table, then our yamls (the first range given wins)."""
+    import recbole
+
     table = {k: parse_type(v, f"validation.RECBOLE_KEYS[{k!r}]") for k, v in RECBOLE_KEYS.items()}
-    return merge([table] + [parse_yaml(p, recbole_yaml_loader()) for p in schema_files()])
+    merged = merge([table] + [parse_yaml(p, recbole_yaml_loader()) for p in schema_files()])
+    with open(os.path.join(os.path.dirname(recbole.__file__), "properties", "overall.yaml")) as f:
+        recbole_defaults = yaml.load(f, Loader=recbole_yaml_loader()) or {}
+    for key, value in recbole_defaults.items():  # ~ is RecBole's own "off" for these (e.g. clip_grad_norm)
+        if value is None and key in merged:
+            merged[key].nullable = True
+    return merged
 
 
 @functools.lru_cache(maxsize=None)
