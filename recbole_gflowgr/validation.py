@@ -9,8 +9,8 @@ ConfigError naming the yaml file and line)::
     # (str: a | b | c) meaning          the allowed values
     # (list of int >= 1) meaning        a list whose every element is such a value (a bare value: a list of one)
 
-A key whose default (in any of the schema files, or in RecBole's own overall.yaml) is ``~`` also accepts ``~``. Keys of RecBole that we rely on but do
-not declare in our yamls are in :data:`RECBOLE_KEYS`, in the same grammar. :func:`validate` checks the types and
+A key whose default (in any of the schema files, or in RecBole's own overall.yaml) is ``~`` also accepts ``~``.
+Keys of RecBole that we rely on but do not declare in our yamls are in :data:`RECBOLE_KEYS`, in the same grammar. :func:`validate` checks the types and
 ranges, then the cross-key rules (:func:`check_rules`); the first bad value raises ConfigError
 ``<key>=<value>: <expected>; <fix>``, which the CLI prints as one ``error:`` line with exit status 2.
 """
