@@ -1,8 +1,8 @@
-# The two quick-start commands of README.md.
+# The two quick-start commands of README.md (metadata: pyproject.toml), and the wheel check of .ci/run.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install demo test
+.PHONY: install demo test wheel-check
 
 install:
 	$(PIP) install -q torch==2.13.0
@@ -14,3 +14,6 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q tests
+
+wheel-check:  # the installed-package path: wheel, fresh venv, demo main job from an empty folder
+	PYTHON=$(PYTHON) .ci/wheel_check.sh

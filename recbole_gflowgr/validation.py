@@ -9,8 +9,8 @@ ConfigError naming the yaml file and line)::
     # (str: a | b | c) meaning          the allowed values
     # (list of int >= 1) meaning        a list whose every element is such a value (a bare value: a list of one)
 
-A key whose default (in any of the schema files) is ``~`` also accepts ``~``. Keys of RecBole that we rely on but do
-not declare in our yamls are in :data:`RECBOLE_KEYS`, in the same grammar. :func:`validate` checks the types and
+A key whose default (in any of the schema files, or in RecBole's own overall.yaml) is ``~`` also accepts ``~``.
+Keys of RecBole that we rely on but do not declare in our yamls are in :data:`RECBOLE_KEYS`, in the same grammar. :func:`validate` checks the types and
 ranges, then the cross-key rules (:func:`check_rules`); the first bad value raises ConfigError
 ``<key>=<value>: <expected>; <fix>``, which the CLI prints as one ``error:`` line with exit status 2.
 """
@@ -158,13 +158,21 @@ def split_comment(rest):
     return None
 
 
-def parse_yaml(path):
-    """{key: Spec} of the top-level keys of one yaml file; every top-level key needs a well-formed comment."""
+def recbole_yaml_loader():
+    """The yaml loader RecBole's Config reads our files with (``1e-6`` is a float there, a str for safe_load)."""
+    from recbole.config import Config as RecBoleConfig
+
+    return RecBoleConfig._build_yaml_loader(None)
+
+
+def parse_yaml(path, loader=None):
+    """{key: Spec} of the top-level keys of one yaml file; every top-level key needs a well-formed comment.
+    ``loader``: the yaml loader its reader uses (default: yaml.safe_load's)."""
     with open(path) as f:
         lines = f.read().splitlines()
     rel = os.path.relpath(path, os.path.dirname(PACKAGE))
     try:
-        defaults = yaml.safe_load("\n".join(lines)) or {}
+        defaults = yaml.load("\n".join(lines), Loader=loader or yaml.SafeLoader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{rel}: not valid YAML ({str(e).splitlines()[0]})") from None
     specs = {}
@@ -222,8 +230,16 @@ def merge(specs_by_file):
 @functools.lru_cache(maxsize=None)
 def schema():
     """{key: Spec} of every run config key: RecBole's table, then our yamls (the first range given wins)."""
+    import recbole
+
     table = {k: parse_type(v, f"validation.RECBOLE_KEYS[{k!r}]") for k, v in RECBOLE_KEYS.items()}
-    return merge([table] + [parse_yaml(p) for p in schema_files()])
+    merged = merge([table] + [parse_yaml(p, recbole_yaml_loader()) for p in schema_files()])
+    with open(os.path.join(os.path.dirname(recbole.__file__), "properties", "overall.yaml")) as f:
+        recbole_defaults = yaml.load(f, Loader=recbole_yaml_loader()) or {}
+    for key, value in recbole_defaults.items():  # ~ is RecBole's own "off" for these (e.g. clip_grad_norm)
+        if value is None and key in merged:
+            merged[key].nullable = True
+    return merged
 
 
 @functools.lru_cache(maxsize=None)
@@ -238,7 +254,8 @@ def _show(value):
 def check_value(key, value, spec, prefix="--"):
     expected = spec.problem(value)
     if expected:
-        default = "" if spec.default is None or spec.default is NO_DEFAULT else f", e.g. {prefix}{key}={_show(spec.default)} (the default)"
+        known = spec.default is not None and spec.default is not NO_DEFAULT
+        default = f", e.g. {prefix}{key}={_show(spec.default)}" if known else ""
         raise ConfigError(f"{key}={_show(value)}: expected {expected}; fix it on the command line or in your "
                           f"config file{default} [{spec.meaning or spec.source}]")
 
@@ -251,10 +268,11 @@ def validate_keys(values, specs, prefix="--", given=None):
             check_value(key, values[key], spec, prefix)
 
 
-def validate(values, given=None):
-    """Types, ranges and cross-key rules of a final config dict (a Config's ``final_config_dict``)."""
+def validate(values, given=None, model=None):
+    """Types, ranges and cross-key rules of a final config dict (a Config's ``final_config_dict``); ``model``: its
+    model's name where the dict does not hold it yet."""
     validate_keys(values, schema(), given=given)
-    check_rules(values)
+    check_rules(dict(values, model=model) if model else values)
 
 
 def check_rules(values):

@@ -102,7 +102,7 @@ def test_gflowgr_chain_trains_sft_first_then_fine_tunes(monkeypatch, method):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--beam_size=5"], "beam_size=5 is smaller than max(topk)=10"),
+    (["--beam_size=5"], "beam_size=5: smaller than max(topk)=10"),
     (["--finetune=nope"], "unknown fine-tuning method finetune='nope'"),
     (["--finetune=gflowgr-tb", "--gflowgr_lambda=-1"], "gflowgr_lambda=-1"),
     (["--finetune=gflowgr-tb", "--gflowgr_n_aug=-2"], "gflowgr_n_aug=-2"),

@@ -10,6 +10,7 @@ import collections
 import hashlib
 import json
 import os
+from logging import getLogger
 
 import pandas as pd
 
@@ -190,13 +191,51 @@ def prepare_dataset(name, out_dir, source_path=None, source_prefix=None, logger=
     return manifest
 
 
-def read_item_text(out_dir, name, text_fields=None):
-    """{item token: text} from ``<name>.item``: the ``text_fields`` (default: every field) joined as
-    '<field>: <value>; ...', empty values skipped."""
+ID_NAMES = {"asin", "parent_asin", "id", "item", "business_id", "sku", "isbn", "upc", "url", "image", "imurl"}
+_WARNED = set()
+
+
+def text_like_fields(items):
+    """The fields of an item table (a DataFrame of strings) that hold text: not the item id, not id-like (a name such as
+    ``asin`` / ``*_id``, or one word per item that (nearly) every item has its own of), not numbers only."""
+    chosen = []
+    for col in items.columns:
+        if col == "item_id" or col.lower() in ID_NAMES or col.lower().endswith(("_id", "_url")):
+            continue
+        values = items[col][items[col].str.strip() != ""]
+        if values.empty or pd.to_numeric(values, errors="coerce").notna().all():
+            continue
+        one_word = ~values.str.contains(r"\s")
+        if one_word.all() and values.nunique() >= 0.9 * len(values) and len(values) > 1:
+            continue  # a code per item (B00004U9V2, ...), not text
+        chosen.append(col)
+    return chosen
+
+
+def _read_items(out_dir, name):
     path = os.path.join(out_dir, f"{name}.item")
     items = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
     items.columns = [c.split(":")[0] for c in items.columns]
-    text_fields = list(text_fields or [c for c in items.columns if c != "item_id"])
+    return path, items
+
+
+def default_text_fields(out_dir, name, items=None):
+    """``text_fields`` of a dataset that sets none: the text-like fields of ``<name>.item``, logged once as a warning."""
+    path, items = _read_items(out_dir, name) if items is None else (os.path.join(out_dir, f"{name}.item"), items)
+    fields = text_like_fields(items)
+    if path not in _WARNED:
+        _WARNED.add(path)
+        skipped = [c for c in items.columns if c != "item_id" and c not in fields]
+        getLogger().warning(f"dataset '{name}': text_fields not set; the item text is built from {fields} (not text: "
+                            f"{skipped}); set --text_fields=[...] (or text_fields in a config file) to choose")
+    return fields
+
+
+def read_item_text(out_dir, name, text_fields=None):
+    """{item token: text} from ``<name>.item``: the ``text_fields`` joined as '<field>: <value>; ...', empty values
+    skipped. Without ``text_fields``: the file's text-like fields (:func:`text_like_fields`), with a warning."""
+    path, items = _read_items(out_dir, name)
+    text_fields = list(text_fields or default_text_fields(out_dir, name, items))
     missing = [f for f in text_fields if f not in items.columns]
     if missing or not text_fields:
         raise DatasetError(f"dataset '{name}': {path} lacks the text field(s) {missing or text_fields}; set "

@@ -32,7 +32,8 @@ def fetch_semantic_ids(config, tokenizer):
 
     settings = dataset_settings(config)  # the run's source and text fields; tokenizer_args may still override them
     overrides = {**{k: v for k, v in settings.items() if k != "data_path"}, **(config["tokenizer_args"] or {})}
-    return get_semantic_ids(config["dataset"], tokenizer, data_path=settings["data_path"], overrides=overrides, device="cpu", logger=getLogger(), show_progress=config["show_progress"])
+    return get_semantic_ids(config["dataset"], tokenizer, data_path=settings["data_path"], overrides=overrides,
+                            device="cpu", logger=getLogger(), show_progress=config["show_progress"])
 
 
 class TIGER(SequentialRecommender):

@@ -20,14 +20,14 @@ from logging import getLogger
 import numpy as np
 import yaml
 
-from recbole_gflowgr.data.registry import REPO_ROOT
+from recbole_gflowgr.data.registry import REPO_PROPERTIES
 from recbole_gflowgr.errors import ConfigError, DatasetError
 from recbole_gflowgr.utils import atomic_folder
 
 TOKENIZERS = ("rqvae", "letter")
 TOKENIZER_VERSION = 5  # part of the folder hash: bump when a change of the code changes the IDs
 PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
-DATASET_PROPERTIES = os.path.join(REPO_ROOT, "properties", "datasets")
+DATASET_PROPERTIES = os.path.join(REPO_PROPERTIES, "datasets")
 # keys that change how a run is shown or where data comes from, not the IDs: left out of the folder's hash
 VOLATILE_KEYS = {"embed_batch_size", "source_path", "source_prefix", "cpu_threads"}
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -267,6 +267,10 @@ def get_semantic_ids(dataset, tokenizer, data_path="dataset", overrides=None, de
     cfg.setdefault("seed", 42)
     out_dir = os.path.join(data_path, dataset)
     prepare_dataset(dataset, out_dir, cfg.get("source_path"), cfg.get("source_prefix"), logger=logger)
+    if not cfg["text_fields"]:  # an unregistered dataset without text_fields: the item file's text-like fields
+        from recbole_gflowgr.data.convert import default_text_fields
+
+        cfg["text_fields"] = default_text_fields(out_dir, dataset)
     item_text = load_item_texts(data_path, dataset, cfg["text_fields"])
     key = texts_key(item_text, encoder_id(cfg["text_encoder"]))
     folder = os.path.join(out_dir, "tokenizer", f"{tokenizer}-{config_hash(cfg, key)}")
