@@ -55,9 +55,10 @@ class IPATrainer(BaselineTrainer):
         """(chosen (B',), rejected (B',), valid (B',) bool, beam rewards (B', N)) for the batch rows ``rows``."""
         model = self.model
         ids, mask = model.encoder_inputs(interaction, rows)
-        beams = top_items(model.t5, ids, mask, model.trie, self.beams, length_groups=model.length_buckets)  # (B', N)
+        beams = top_items(model.t5, ids, mask, model.trie, self.beams, length_groups=model.length_buckets,
+                          temperature=model.temperature)  # (B', N)
         reward = self.scorer.score(_take(interaction[model.ITEM_SEQ], rows), _take(interaction[model.ITEM_SEQ_LEN], rows),
-                                   candidates=beams)  # (B', N) in [0, 1]
+                                   candidates=beams, pos=_take(interaction[model.POS_ITEM_ID], rows))  # (B', N) in [0, 1]
         best, worst = reward.argmax(dim=1, keepdim=True), reward.argmin(dim=1, keepdim=True)  # (B', 1)
         valid = reward.gather(1, best) > reward.gather(1, worst)  # (B', 1)
         return beams.gather(1, best).squeeze(1), beams.gather(1, worst).squeeze(1), valid.squeeze(1), reward
