@@ -40,7 +40,7 @@ class DPOTrainer(BaselineTrainer):
         model, feat = self.model, train_data._dataset.inter_feat
         feat[EXAMPLE] = torch.arange(len(feat))  # (N,) each batch row's example, carried by RecBole's collate
         self.negatives = draw_fixed_negatives(feat[model.ITEM_SEQ], feat[model.POS_ITEM_ID], model.n_items, 1,
-                                              self.config["seed"]).to(self.device)  # (N, 1)
+                                              self.config["seed"]).to(model.item_tokens.device)  # (N, 1)
 
     def dpo_loss(self, interaction):
         model = self.model
