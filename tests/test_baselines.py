@@ -459,6 +459,19 @@ def test_dpo_fixed_negatives_are_drawn_once_per_example():
     assert torch.equal(other.negatives, trainer.negatives)
 
 
+def test_rl_rewards_count_only_semantic_levels():
+    from recbole_gflowgr.finetune.common import item_rewards
+
+    model = ToyGR()  # IDs (i//4 % 3, i//2 % 2, i % 2): the last column plays the disambiguation index
+    batch = {"item_id_list": torch.tensor([[3, 0]]), "item_id_len": torch.tensor([1]), "item_length": torch.tensor([1]),
+             "item_id": torch.tensor([1])}  # positive: trie item 0, codes (0, 0, 0)
+    items = torch.tensor([[1, 7, 3, 2]])  # trie items 0, 6 (1, 1, 0), 2 (0, 1, 0), 1 (0, 0, 1)
+    config = defaults(gflowgr_reward_cm=False, gflowgr_reward_aug=False)
+    reward = item_rewards(model, None, batch, items, config)[0]
+    # R_tok over the 2 semantic levels: item 6 shares only the last column with the positive -> 0 (floored at eps)
+    assert reward.tolist() == pytest.approx([1.0, 1e-6, 0.5, 1.0])
+
+
 def test_baselines_disable_the_policy_dropout_by_default():
     model = ToyGR(seed=0, dropout=0.3)
     bare("dpo", model)
