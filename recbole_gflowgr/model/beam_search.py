@@ -11,9 +11,7 @@ At every step the logits of tokens that do not extend the current prefix to a re
 prefix node.  The log-probability of an item is the sum over its ``L`` steps of this constrained log-softmax.
 Beam search, :func:`sequence_log_probs` and :func:`exhaustive_log_probs` all use this same policy, so an item's
 beam score equals its teacher-forced log-probability, and ``exp`` of the scores of all items sums to 1.  All take
-the model's ``temperature`` (logits / tau before the constrained softmax): the distribution that SFT trains
-(LETTER's ranking-guided loss is the cross-entropy of softmax(logits / tau)), so that decoding, GFlowGR's P_F and
-the fine-tuning baselines read one policy.
+``temperature`` (logits / tau: pass the model's, the distribution SFT trains, e.g. LETTER's tau).
 
 Only the logits of each level's token range ``[lo_t, lo_t + width_t)`` are computed (a slice of the tied
 output projection): tokens outside it are never allowed at that level, so this is the same distribution.
@@ -63,7 +61,7 @@ def _encoder_states(model, input_ids, attention_mask, encoder_outputs):
 
 def _level_logits(model, trie: SemanticIDTrie, level: int, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Logits (..., width_level) of the level's token range from decoder states (..., d), as the LM head does,
-    divided by ``temperature`` (the model's SFT temperature: LETTER trains softmax(logits / tau))."""
+    divided by ``temperature``."""
     head = model.get_output_embeddings()
     config = model.config
     scale = getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", False))
@@ -266,8 +264,7 @@ def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTr
         length_groups: split the users into this many groups of similar history length (by ``attention_mask``),
             each trimmed to its own longest history, so that short histories are not encoded and attended at
             the batch's longest length; the same result (up to float rounding).  Ignored with ``encoder_outputs``.
-        temperature: logits / temperature at every level (the model's ``temperature``: the distribution SFT
-            trains, LETTER's tau; 1 = the raw logits).
+        temperature: logits / temperature at every level (the model's: the distribution SFT trains).
 
     Returns:
         items (B, K) LongTensor of item indices sorted by descending constrained log-probability, and scores
