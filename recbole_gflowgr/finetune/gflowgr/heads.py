@@ -44,7 +44,7 @@ class FlowHeads(nn.Module):
     def init_log_z(self, log_z, log_r, log_pf_sum):
         """Once (until ``logz_initialised``): shift log Z's output bias so that its mean over this batch equals the
         batch mean of TB's optimum ``log R - sum_t log P_F`` (``log_r``, ``log_pf_sum``: (T,) of every trajectory;
-        ``log_z`` (B,) the current estimates). Returns the shift (0 when already initialised); in a multi-process
+        ``log_z`` (B,) the current estimates). Returns the shift (a 0-dim tensor; 0.0 when already initialised); in a multi-process
         run the shift is averaged over the processes, so that their copies stay equal."""
         if bool(self.logz_initialised):
             return 0.0
@@ -55,7 +55,7 @@ class FlowHeads(nn.Module):
         bias = self.logz if self.logz_mode == "global" else self.logz[-1].bias
         bias.add_(shift.to(bias.dtype))
         self.logz_initialised.fill_(True)
-        return float(shift)
+        return shift.to(log_z.dtype)
 
     def log_flow(self, hidden):
         """(..., L) log F(s_t) from decoder states (..., d)."""

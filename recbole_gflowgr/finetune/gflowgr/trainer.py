@@ -131,7 +131,17 @@ class GFlowGRTrainer(GRTrainer):
             parts_by_group.append((rows, *self._group_losses(interaction, rows, items[rows], log_r[rows])))
         rows = torch.cat([g[0] for g in parts_by_group])  # (B,) batch rows in group order
         back = torch.argsort(rows)  # batch row -> position in the group order
-        sft, per_traj, log_z, log_pf = (torch.cat([g[i] for g in parts_by_group])[back] for i in range(1, 5))
+        sft, per_traj, log_z, steps = (torch.cat([g[i] for g in parts_by_group])[back] for i in range(1, 5))
+        log_pf = steps.detach().sum(-1)  # (B, 1+N)
+        if self.flow_loss == "tb":  # on the whole batch: log Z (B,), the trajectories' step log-probs (B, 1+N, L)
+            if not self.logz_ready:  # the buffer is read once per trainer (a host sync), not per batch
+                if not bool(model.gflow_heads.logz_initialised):  # once per run: a resumed run keeps its log Z
+                    # the output bias moves by `shift`, so every log Z of this batch does: the same graph, shifted
+                    log_z = log_z + model.gflow_heads.init_log_z(log_z, log_r.reshape(-1), log_pf.reshape(-1))
+                self.logz_ready = True
+            per_traj = trajectory_balance(log_z.repeat_interleave(K), steps.reshape(B * K, -1),
+                                          log_r.reshape(-1)).view(B, K)  # (B, 1+N)
+        check_log_z(self, log_z)  # non-finite: stop with a clear error; beyond gflowgr_logz_bound: warn
         gfn = reduce_flow_loss(per_traj, weights, cfg["gflowgr_reduction"])  # per_traj (B, 1+N), log_pf (B, 1+N)
         self.record(residual=per_traj.mean(), log_z=log_z.mean(), logpf_pos=log_pf[:, 0].mean(),
                     p_pos=log_pf[:, 0].exp().mean(), reward=reward.mean(), weight=weights.mean())
@@ -141,8 +151,8 @@ class GFlowGRTrainer(GRTrainer):
         return sft.mean(), self.lamda * gfn
 
     def _group_losses(self, interaction, rows, items, log_r):
-        """Per-example SFT loss (G,), per-trajectory flow loss (G, 1+N), log Z (G,) and the trajectories' log P_F
-        (G, 1+N), detached, of the rows ``rows``."""
+        """Per-example SFT loss (G,), per-trajectory flow loss (G, 1+N; TB: zeros, computed on the whole batch by
+        the caller), log Z (G,) and the trajectories' step log-probs (G, 1+N, L) of the rows ``rows``."""
         model = self.model
         ids, mask = model.encoder_inputs(interaction, rows)  # (G, S) trimmed to the group's longest history
         enc = model.t5.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # (G, S, d)
@@ -159,12 +169,7 @@ class GFlowGRTrainer(GRTrainer):
         heads = model.gflow_heads
         if self.flow_loss == "tb":
             log_z = heads.log_z(enc, mask)  # (G,)
-            if not self.logz_ready:  # the buffer is read once per trainer (a host sync), not per batch
-                if not bool(heads.logz_initialised):  # once per run: a resumed run or loaded checkpoint keeps it
-                    heads.init_log_z(log_z, log_r.reshape(-1), log_pf.detach().sum(-1).reshape(-1))
-                    log_z = heads.log_z(enc, mask)  # (G,) after the shift
-                self.logz_ready = True
-            per_traj = trajectory_balance(log_z.repeat_interleave(K), log_pf.reshape(G * K, L), log_r.reshape(-1))
+            per_traj = log_pf.new_zeros(G * K)  # TB: on the whole batch, after log Z's one-off initialisation
         else:
             log_f = heads.log_flow(hidden).reshape(G * K, L)  # (G*K, L)
             if self.flow_loss == "db":
@@ -173,5 +178,4 @@ class GFlowGRTrainer(GRTrainer):
                 per_traj = subtrajectory_balance(log_f, log_pf.reshape(G * K, L), log_r.reshape(-1),
                                                  lamda=self.config["gflowgr_subtb_lambda"])
             log_z = log_f.view(G, K, L)[:, 0, 0]  # log F(s_0) = log Z, one per example
-        check_log_z(self, log_z)  # non-finite: stop with a clear error; beyond gflowgr_logz_bound: warn
-        return sft, per_traj.view(G, K), log_z, log_pf.detach().sum(-1)
+        return sft, per_traj.view(G, K), log_z, log_pf
