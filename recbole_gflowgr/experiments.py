@@ -115,8 +115,11 @@ def expand(grid):
                                 cells.append(_cell(grid, dataset, model, finetune, seed, variant, overrides))
     seen, unique = set(), []
     for cell in cells:  # an sft cell does not depend on fine-tuning variants: keep one of each; variants that
-        if (cell.key, cell["variant"]) not in seen:  # are one run (e.g. the sweep's default value) keep their labels
-            seen.add((cell.key, cell["variant"]))
+        # are one run (e.g. the sweep's default value) keep their labels; the control (sft-continued) reads no
+        # method's keys: one cell per run, under its first label
+        tag = cell.key if cell["finetune"] == "sft-continued" else (cell.key, cell["variant"])
+        if tag not in seen:
+            seen.add(tag)
             unique.append(cell)
     return unique
 
@@ -136,6 +139,12 @@ def _cell(grid, dataset, model, finetune, seed, variant, overrides):
         backbone = backbone_keys(overrides)
         if backbone != overrides:
             overrides, variant = backbone, ""
+    if finetune == "sft-continued" and model in OUR_MODELS:  # the control reads no method's keys: one run per seed
+        from recbole_gflowgr.finetune import control_keys
+
+        control = control_keys(overrides)
+        if control != overrides:
+            overrides, variant = control, ""
     return Cell(dataset=dataset, model=model, finetune=finetune, seed=int(seed), variant=variant,
                 overrides=overrides, config_files=files, grid=grid["name"])
 

@@ -6,8 +6,10 @@
 One line per (dataset, model, fine-tuning method, config hash): test Recall@5/10 and NDCG@5/10 as mean ± std over
 seeds, the seeds, mean wall time, device and commits. ``*`` marks a fine-tuning method whose metric beats the best
 other method of the same backbone and dataset in a paired t-test over common seeds with p < 0.05 (needs >= 2 common
-seeds); variant lines (e.g. a reduced budget) are shown but are neither rivals nor marked. The seed paper's reported
-numbers (``PAPER``) are shown in separate, labelled lines.
+seeds); variant lines (e.g. a reduced budget) are shown but are neither rivals nor marked. ``†`` marks a fine-tuning
+method that beats the control ``sft-continued`` (the same SFT checkpoint and fine-tuning budget, SFT loss only) of
+the same backbone, dataset and variant in the same paired t-test: a gain that more training alone does not explain.
+The seed paper's reported numbers (``PAPER``) are shown in separate, labelled lines.
 
 With ``--out``, each grid of ``--grids`` (default: the ablation and the sweep, paper Table 2 and Fig. 3) gets a section
 of its own, from :mod:`recbole_gflowgr.analysis` (missing cells shown as such), and its variant rows are left out of
@@ -21,6 +23,8 @@ import os
 import numpy as np
 
 from recbole_gflowgr.results import METRIC_KEYS, read_rows
+
+CONTROL = "sft-continued"  # finetune/__init__.py: every fine-tuning method's control
 
 # GFlowGR paper (arXiv 2506.16114) Table 1, Beauty / Yelp, as quoted in this project's issues: R@5, R@10, N@5, N@10
 PAPER = {
@@ -72,6 +76,7 @@ def summarise(rows):
                 "wall_s": float(np.mean([by_seed[s]["wall_s"] for s in seeds])),
                 "device": sorted({by_seed[s]["device"] for s in seeds}),
                 "commit": sorted({by_seed[s]["commit"] for s in seeds}), "by_seed": by_seed, "mark": {},
+                "control_mark": {},
                 "variant": ", ".join(sorted({by_seed[s]["experiment_variant"] for s in seeds
                                              if by_seed[s].get("experiment_variant")}))}
         for metric in METRIC_KEYS:
@@ -91,7 +96,25 @@ def summarise(rows):
             p = paired_p([line["by_seed"][s]["test"][metric] for s in common],
                          [best["by_seed"][s]["test"][metric] for s in common])
             line["mark"][metric] = bool(p is not None and p < 0.05 and line[metric][0] > best[metric][0])
+    for line in lines:  # significance against the control of the same backbone, dataset and variant
+        if line["finetune"] in ("none", "sft", CONTROL):
+            continue
+        controls = [o for o in lines if o["finetune"] == CONTROL and o["variant"] == line["variant"]
+                    and (o["dataset"], o["model"]) == (line["dataset"], line["model"])]
+        if not controls:
+            continue
+        control = max(controls, key=lambda o: len(o["seeds"]))
+        for metric in METRIC_KEYS:
+            line["control_mark"][metric] = beats(line, control, metric)
     return lines
+
+
+def beats(line, other, metric):
+    """Whether ``line``'s mean of ``metric`` is above ``other``'s with a paired t-test p < 0.05 over common seeds."""
+    common = [s for s in line["seeds"] if s in other["by_seed"]]
+    p = paired_p([line["by_seed"][s]["test"][metric] for s in common],
+                 [other["by_seed"][s]["test"][metric] for s in common])
+    return bool(p is not None and p < 0.05 and line[metric][0] > other[metric][0])
 
 
 def markdown(lines, paper=True):
@@ -102,7 +125,8 @@ def markdown(lines, paper=True):
         for metric in METRIC_KEYS:
             mean, std = line[metric]
             cell = f"{mean:.4f} ± {std:.4f}" if len(line["seeds"]) > 1 else f"{mean:.4f}"
-            cells.append(cell + ("*" if line["mark"].get(metric) else ""))
+            cells.append(cell + ("*" if line["mark"].get(metric) else "") +
+                         ("†" if line.get("control_mark", {}).get(metric) else ""))
         method = line["finetune"] + (f" [{line['variant']}]" if line.get("variant") else "")
         out.append(f"| {line['dataset']} | {line['model']} | {method} | " + " | ".join(cells) +
                    f" | {','.join(map(str, line['seeds']))} | {line['wall_s']:.0f} | {'; '.join(line['device'])} | "
@@ -121,11 +145,13 @@ def write_csv(lines, path):
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["dataset", "model", "finetune", "config_hash", "seeds"] +
-                        [f"{m}_{s}" for m in METRIC_KEYS for s in ("mean", "std", "significant")] + ["wall_s"])
+                        [f"{m}_{s}" for m in METRIC_KEYS for s in ("mean", "std", "significant", "vs_control")] +
+                        ["wall_s"])
         for line in lines:
             writer.writerow([line["dataset"], line["model"], line["finetune"], line["config_hash"],
                              " ".join(map(str, line["seeds"]))] +
-                            [v for m in METRIC_KEYS for v in (*line[m], line["mark"].get(m, False))] +
+                            [v for m in METRIC_KEYS for v in (*line[m], line["mark"].get(m, False),
+                                                              line["control_mark"].get(m, ""))] +
                             [round(line["wall_s"], 1)])
 
 
@@ -177,7 +203,8 @@ def main(argv=None):
         with open(args.out, "w") as f:
             f.write("# Results\n\nGenerated by `python -m recbole_gflowgr.leaderboard` from `results/*.jsonl` "
                     "(test split, mean ± std over seeds; `*`: paired t-test p < 0.05 against the best other "
-                    "fine-tuning method of the same backbone and dataset; `[variant]`: a run with other settings than "
+                    "fine-tuning method of the same backbone and dataset; `†`: the same test against the control `sft-continued` "
+                    "(same SFT checkpoint and fine-tuning budget, SFT loss only); `[variant]`: a run with other settings than "
                     "the plain method, e.g. `[cm]` the collaborative SASRec that GFlowGR's sampler and reward use, "
                     "trained with properties/collaborative.yaml). Paper lines are the GFlowGR paper's "
                     "reported numbers, not ours.\n\n" + text + "\n" + "".join(f"\n{x}\n" for x in sections))

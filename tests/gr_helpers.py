@@ -33,7 +33,7 @@ class FakeScorer:
         self.n_items = n_items
         self.item_scores = torch.rand(n_items, generator=torch.Generator().manual_seed(0))
 
-    def score(self, item_seq, item_len, candidates=None):
+    def score(self, item_seq, item_len, candidates=None, pos=None):
         scores = self.item_scores.to(item_seq.device).expand(item_seq.shape[0], -1).clone()  # (B, n_items)
         return scores if candidates is None else scores.gather(1, candidates)
 

@@ -92,7 +92,7 @@ def test_gflowgr_log_z_trains_in_step_across_processes(tiny):
     """GFlowGR-TB with its learnable log Z (a head outside the T5): without augmented trajectories the loss is
     deterministic, so 2 processes must match 1, log Z included (with augmentation each rank draws its own)."""
     sft = run("TIGER", cmd_args=tiny)
-    tuned = with_args(tiny, ["--finetune=gflowgr-tb", "--gflowgr_n_aug=0", "--gflowgr_logz_lr=0.1",
+    tuned = with_args(tiny, ["--finetune=gflowgr-tb", "--gflowgr_n_aug=0", "--gflowgr_logz_lr=0.1", "--gflowgr_logz=global",
                              f"--pretrained_checkpoint={sft['checkpoint']}"])
     one = run("TIGER", cmd_args=tuned)
     two = run("TIGER", cmd_args=tuned + ["--nproc=2"])

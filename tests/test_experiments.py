@@ -45,6 +45,21 @@ def test_expand_orders_sft_first_and_shares_sft_across_finetuning_variants():
     assert labels[5].endswith("seed=2")
 
 
+def test_the_control_is_one_cell_per_seed_across_method_variants():
+    grid = write_grid(datasets=["d"], models=["TIGER"], finetunes=["gflowgr-tb", "sft-continued"], seeds=[1, 2],
+                      variants={"full": {}, "no-cm": {"gflowgr_reward_cm": False}, "lam": {"gflowgr_lambda": 0.5},
+                                "wide": {"d_model": 32}, "ft": {"finetune_epochs": 3}},
+                      sweep={"gflowgr_n_aug": [1, 2]})
+    control = [c for c in experiments.expand(grid) if c["finetune"] == "sft-continued"]
+    # per seed: the plain control (every gflowgr_* variant is that run), and one per backbone / finetune_* change
+    assert [c.label for c in control if c["seed"] == 1] == [
+        "d TIGER sft-continued [full] seed=1", "d TIGER sft-continued [wide] seed=1",
+        "d TIGER sft-continued [ft] seed=1"]
+    assert len(control) == 6 and len({c.key for c in control}) == 6
+    gfn = [c for c in experiments.expand(grid) if c["finetune"] == "gflowgr-tb"]
+    assert len({c.key for c in gfn}) == 2 * 7  # the method's own variants stay apart: full, no-cm, lam, wide, ft, N=1, N=2
+
+
 def test_classic_cells_take_baseline_config_files_not_the_backbone_config(tmp_path):
     small = tmp_path / "small.yaml"
     small.write_text("epochs: 3\n")

@@ -11,6 +11,8 @@ from recbole_gflowgr.finetune.gflowgr import (
     AdaptiveSampler, comprehensive_reward, detailed_balance, subtrajectory_balance, trajectory_balance,
     uncertainty_weights,
 )
+from recbole_gflowgr.finetune.gflowgr.heads import FlowHeads
+from recbole_gflowgr.finetune.gflowgr.weights import reduce_flow_loss
 
 
 
@@ -242,15 +244,124 @@ def test_uncertainty_weights_hand_numbers():
     r_aug = torch.tensor([[1.0, 0.0, 0.0]])
     r_cm = torch.tensor([[0.5, 0.5, 0.0]])
     # u = 1/(1+|diff|) = [2/3, 2/3, 1]; mean 7/9 -> w = [6/7, 6/7, 9/7]
-    w = uncertainty_weights(r_aug, r_cm)
+    assert uncertainty_weights(r_aug, r_cm)[0].tolist() == pytest.approx([2 / 3, 2 / 3, 1.0])  # Eq. 8: raw
+    w = uncertainty_weights(r_aug, r_cm, normalise=True)
     assert w[0].tolist() == pytest.approx([6 / 7, 6 / 7, 9 / 7])
     assert w.mean().item() == pytest.approx(1.0)
     assert torch.equal(uncertainty_weights(r_aug, r_cm, enabled=False), torch.ones(1, 3))
     g = torch.Generator().manual_seed(0)
-    w = uncertainty_weights((torch.rand(8, 5, generator=g) > 0.8).float(), torch.rand(8, 5, generator=g))
+    w = uncertainty_weights((torch.rand(8, 5, generator=g) > 0.8).float(), torch.rand(8, 5, generator=g),
+                            normalise=True)
     assert w.mean().item() == pytest.approx(1.0) and not w.requires_grad
     with pytest.raises(ValueError, match="same shape"):
         uncertainty_weights(torch.zeros(2), torch.zeros(3))
+
+
+def test_reduction_paper_form_on_a_hand_computed_batch():
+    # B = 2 users, 1 + N = 3 trajectories; Eq. 8's raw weights, Eq. 7's per-user sum, mean over users
+    r_aug = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    r_cm = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0]])
+    per_traj = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 2.0]])
+    w = uncertainty_weights(r_aug, r_cm)  # [[1, 2/3, 1], [1/2, 1/2, 1]]
+    assert w.tolist() == [[1.0, pytest.approx(2 / 3), 1.0], [0.5, 0.5, 1.0]]
+    # user 0: 1 + 4/3 + 3 = 16/3; user 1: 2 + 0 + 2 = 4; mean = 14/3
+    assert reduce_flow_loss(per_traj, w).item() == pytest.approx(14 / 3)
+    # the earlier form: weights / their mean (5/6 ... mean u = 14/18), mean over the 6 trajectories
+    wn = uncertainty_weights(r_aug, r_cm, normalise=True)
+    u_mean = (1 + 2 / 3 + 1 + 0.5 + 0.5 + 1) / 6
+    assert reduce_flow_loss(per_traj, wn, "mean").item() == pytest.approx((28 / 3) / u_mean / 6)
+    # the yaml's lambda mapping: lambda_sum * sum-form == lambda_mean * mean-form for lambda_sum = lambda_mean / ((1+N) mean u)
+    lam_mean = 0.1
+    lam_sum = lam_mean / (3 * u_mean)
+    assert (lam_sum * reduce_flow_loss(per_traj, w)).item() == pytest.approx(
+        (lam_mean * reduce_flow_loss(per_traj, wn, "mean")).item())
+    with pytest.raises(ValueError, match="gflowgr_reduction"):
+        reduce_flow_loss(per_traj, w, "max")
+
+
+def test_reward_tok_counts_semantic_levels_only():
+    # TIGER-like IDs: 3 semantic levels + the disambiguation index; the augmented items share no semantic code
+    # with the positive but have its disambiguation index 0
+    is_pos = torch.tensor([[True, False, False]])
+    cm = torch.zeros(1, 3)
+    pos = torch.tensor([[5, 6, 7, 0]])
+    codes = torch.tensor([[[5, 6, 7, 0], [1, 2, 3, 0], [5, 2, 7, 0]]])
+    _, _, all_cols = comprehensive_reward(is_pos, cm, codes, pos)
+    assert all_cols["tok"][0, 1].item() == pytest.approx(0.25)  # the old count: the disambiguation token matched
+    _, _, parts = comprehensive_reward(is_pos, cm, codes, pos, n_semantic=3)
+    assert parts["tok"][0].tolist() == pytest.approx([1.0, 0.0, 2 / 3])
+    _, _, prefix = comprehensive_reward(is_pos, cm, codes, pos, n_semantic=3, tok_match="prefix")
+    assert prefix["tok"][0].tolist() == pytest.approx([1.0, 0.0, 1 / 3])  # level 2 under another parent: no credit
+    with pytest.raises(ValueError, match="tok_match"):
+        comprehensive_reward(is_pos, cm, codes, pos, tok_match="suffix")
+
+
+def test_reward_tok_columns_of_tiger_and_letter():
+    from types import SimpleNamespace
+
+    from recbole_gflowgr.finetune.common import semantic_levels
+
+    assert semantic_levels(SimpleNamespace(code_len=4)) == 3  # TIGER: 3 RQ-VAE levels + disambiguation
+    assert semantic_levels(SimpleNamespace(code_len=5)) == 4  # LETTER: 4 levels + disambiguation
+
+
+# ----------------------------------------------------------------------------------------------------------
+# conditional GFlowNet: TB with a global or a history-conditioned log Z on a toy problem with a known optimum
+# ----------------------------------------------------------------------------------------------------------
+TOY_USERS_R = torch.stack([TOY_R, TOY_R.flip(0) * 3.0])  # (2, 9): two users, Z = 26.25 and 78.75
+TB_STEPS = 300
+
+
+def _train_tb(logz_mode, rewards, steps=TB_STEPS, seed=0, d=16, logz_lr=0.01):  # logz_lr: gflowgr_logz_lr
+    """Tabular per-user policy over the 3 x 3 tree, log Z from FlowHeads on fixed 'encoder states' per user."""
+    torch.manual_seed(seed)
+    U = rewards.shape[0]
+    enc = torch.randn(U, 2, d)  # (U, S, d) stand-in encoder states, one per user
+    mask = torch.ones(U, 2, dtype=torch.long)
+    heads = FlowHeads(d, logz_mode)
+    root = torch.nn.Parameter(torch.zeros(U, 3))
+    child = torch.nn.Parameter(torch.zeros(U, 3, 3))
+    opt = torch.optim.Adam([{"params": [root, child], "lr": 0.1},
+                            {"params": heads.logz_parameters(), "lr": logz_lr}])
+    a, b = torch.arange(9) // 3, torch.arange(9) % 3
+    log_r = rewards.log()  # (U, 9)
+    first_residual = None
+    for step in range(steps):
+        lp = torch.stack([torch.log_softmax(root, 1)[:, a], torch.log_softmax(child, 2)[:, a, b]], 2)  # (U, 9, 2)
+        log_z = heads.log_z(enc, mask)  # (U,)
+        if not bool(heads.logz_initialised):
+            heads.init_log_z(log_z, log_r.reshape(-1), lp.detach().sum(-1).reshape(-1))
+            log_z = heads.log_z(enc, mask)
+            first_residual = (log_z.unsqueeze(1) + lp.sum(-1) - log_r).mean().item()
+        loss = trajectory_balance(log_z.repeat_interleave(9), lp.reshape(-1, 2), log_r.reshape(-1))
+        opt.zero_grad()
+        loss.mean().backward()
+        opt.step()
+    with torch.no_grad():
+        lp = torch.stack([torch.log_softmax(root, 1)[:, a], torch.log_softmax(child, 2)[:, a, b]], 2)
+        return lp.sum(-1).exp(), heads.log_z(enc, mask), first_residual, heads
+
+
+@pytest.mark.parametrize("logz_mode", ["global", "conditional"])
+def test_tb_reaches_reward_proportional_policy_with_each_log_z(logz_mode):
+    # global log Z: one user (one Z); conditional: two users whose partition functions differ by a factor 3
+    rewards = TOY_R.unsqueeze(0) if logz_mode == "global" else TOY_USERS_R
+    p, log_z, first_residual, heads = _train_tb(logz_mode, rewards)
+    assert first_residual == pytest.approx(0.0, abs=1e-5)  # log Z starts at the batch's TB optimum on average
+    for u in range(rewards.shape[0]):  # within TB_STEPS = 300 Adam steps: P_F within 0.05 TV of R / Z
+        assert _tv(p[u], rewards[u]) < TV_TOL
+        assert log_z[u].item() == pytest.approx(math.log(rewards[u].sum().item()), abs=0.05)
+    assert bool(heads.logz_initialised) and "logz_initialised" in heads.state_dict()
+    again = FlowHeads(16, logz_mode)
+    again.load_state_dict(heads.state_dict())  # a resumed run / loaded checkpoint: never initialised again
+    assert again.init_log_z(torch.zeros(2), torch.ones(2), torch.zeros(2)) == 0.0
+
+
+def test_global_log_z_cannot_fit_two_users():
+    # the reason for the conditional default: one scalar Z for users with different Z leaves TB off the optimum
+    _, log_z, _, _ = _train_tb("global", TOY_USERS_R)
+    errors = [abs(log_z[u].item() - math.log(TOY_USERS_R[u].sum().item())) for u in range(2)]
+    assert min(errors) > 0.3  # log 3 apart: the one scalar sits between the two users' log Z
 
 
 # ----------------------------------------------------------------------------------------------------------

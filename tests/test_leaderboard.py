@@ -29,6 +29,24 @@ def test_means_std_and_significance():
     assert lines[("SASRec", "none")]["mark"] == {}
 
 
+def test_each_method_is_tested_against_the_control():
+    control = [row("TIGER", "sft-continued", 42, 0.15), row("TIGER", "sft-continued", 43, 0.16),
+               row("TIGER", "sft-continued", 44, 0.17)]
+    tie = [row("TIGER", "ppo", s, v) for s, v in ((42, 0.16), (43, 0.15), (44, 0.17))]  # not above the control
+    lines = {(x["model"], x["finetune"]): x for x in leaderboard.summarise(ROWS + control + tie)}
+    assert lines[("TIGER", "gflowgr-tb")]["control_mark"]["ndcg@10"] is True  # above the control on every seed
+    assert lines[("TIGER", "ppo")]["control_mark"]["ndcg@10"] is False
+    assert lines[("TIGER", "dpo")]["control_mark"]["ndcg@10"] is False  # one seed: no test
+    assert lines[("TIGER", "sft-continued")]["control_mark"] == {} and lines[("TIGER", "sft")]["control_mark"] == {}
+    assert lines[("TIGER", "gflowgr-tb")]["mark"]["ndcg@10"] is True  # the mark against the best other method stays
+    text = leaderboard.markdown(list(lines.values()), paper=False)
+    gfn = next(l for l in text.splitlines() if "| gflowgr-tb |" in l)
+    assert "0.2167 ± 0.0153*†" in gfn
+    assert "†" not in next(l for l in text.splitlines() if "| ppo |" in l)
+    # without a control row nothing is marked against it
+    assert all(not x["control_mark"] for x in leaderboard.summarise(ROWS))
+
+
 def test_markdown_marks_and_paper_lines_are_labelled():
     text = leaderboard.markdown(leaderboard.summarise(ROWS + [row("TIGER", "sft", 42, 0.1, dataset="amazon-beauty")]))
     gfn = next(l for l in text.splitlines() if "| gflowgr-tb |" in l)

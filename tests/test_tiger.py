@@ -89,13 +89,19 @@ def test_enable_amp_autocasts_the_training_loss_in_bfloat16(monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["gflowgr-tb", "gflowgr-db", "gflowgr-subtb"])
-def test_gflowgr_chain_trains_sft_first_then_fine_tunes(monkeypatch, method):
+def test_gflowgr_chain_trains_sft_first_then_fine_tunes(monkeypatch, caplog, method):
+    import logging
+
     args = patch_gr(monkeypatch) + TINY_GR
-    assert run_recbole_gflowgr.main(["--model=TIGER", f"--finetune={method}"] + args) == 0
+    with caplog.at_level(logging.INFO):
+        assert run_recbole_gflowgr.main(["--model=TIGER", f"--finetune={method}"] + args) == 0
     sft, tuned = rows()
     assert (sft["finetune"], tuned["finetune"]) == ("sft", method)
     assert tuned["pretrained"].startswith(os.path.join("saved", "sft", "tiny-TIGER-"))
     assert all(0 <= v <= 1 for v in tuned["test"].values())
+    log = "\n".join(r.getMessage() for r in caplog.records)  # the per-epoch diagnostics (log Z trajectory)
+    assert "epoch 0 gflowgr mean residual^2 " in log and ", log Z " in log
+    assert "epoch 0 gflowgr mean log P_F positive " in log and ", augmented " in log and "P_F(positive)" in log
     # a second fine-tuning run with another lambda reuses the cached SFT checkpoint
     assert run_recbole_gflowgr.main(["--model=TIGER", f"--finetune={method}", "--gflowgr_lambda=0.5"] + args) == 0
     assert [r["finetune"] for r in rows()] == ["sft", method, method]
@@ -106,6 +112,8 @@ def test_gflowgr_chain_trains_sft_first_then_fine_tunes(monkeypatch, method):
     (["--finetune=nope"], "unknown fine-tuning method finetune='nope'"),
     (["--finetune=gflowgr-tb", "--gflowgr_lambda=-1"], "gflowgr_lambda=-1"),
     (["--finetune=gflowgr-tb", "--gflowgr_n_aug=-2"], "gflowgr_n_aug=-2"),
+    (["--finetune=gflowgr-tb", "--gflowgr_reduction=max"], "gflowgr_reduction='max' is not one of sum, mean"),
+    (["--finetune=gflowgr-tb", "--gflowgr_cm_score=rank"], "gflowgr_cm_score='rank' is not one of percentile, minmax"),
     (["--finetune=gflowgr-tb", "--pretrained_checkpoint=missing.pth"], "pretrained_checkpoint=missing.pth does not exist"),
     (["--amp_dtype=half"], "amp_dtype=half: expected one of bfloat16 | float16"),
     (["--enable_amp=True", "--amp_dtype=float16"], "amp_dtype=float16 is for GPUs"),

@@ -6,6 +6,9 @@ from recbole_gflowgr.errors import ConfigError
 # method name (CLI spelling) -> "module:Trainer class"
 METHODS = {
     "sft": "recbole_gflowgr.trainer:GRTrainer",
+    # the control of every fine-tuning method: SFT loss only, from the same SFT checkpoint with finetune_epochs,
+    # finetune_learning_rate, batches and early stopping (quick_start.run switches them for any method but sft)
+    "sft-continued": "recbole_gflowgr.trainer:GRTrainer",
     "gflowgr-tb": "recbole_gflowgr.finetune.gflowgr.trainer:GFlowGRTrainer",
     "gflowgr-db": "recbole_gflowgr.finetune.gflowgr.trainer:GFlowGRTrainer",
     "gflowgr-subtb": "recbole_gflowgr.finetune.gflowgr.trainer:GFlowGRTrainer",
@@ -16,6 +19,18 @@ METHODS = {
     "ppo": "recbole_gflowgr.finetune.ppo:PPOTrainer",
     "grpo": "recbole_gflowgr.finetune.grpo:GRPOTrainer",
 }
+
+
+CONTROL = "sft-continued"
+# config-key prefixes read by one method only (finetune_* keys are shared by every fine-tuning method)
+METHOD_PREFIXES = ("gflowgr_", "dpo_", "sdpo_", "sprec_", "ipa_", "ppo_", "grpo_")
+
+
+def control_keys(values):
+    """``values`` (a dict of config keys) without the keys that only a fine-tuning method reads: what the control
+    ``sft-continued`` depends on (the backbone's keys and the shared ``finetune_*`` keys), so that an ablation's or a
+    sweep's variants share one control run per seed."""
+    return {k: v for k, v in values.items() if not k.startswith(METHOD_PREFIXES)}
 
 
 def get_finetune_trainer(name):

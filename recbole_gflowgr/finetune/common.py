@@ -2,7 +2,8 @@
 
 Items are RecBole item ids (>= 1) everywhere in this module; the trie index of item ``i`` is ``i - 1``.
 
-* the policy: the trie-constrained next-token distribution of the backbone's T5 (``model/beam_search.py``), so an
+* the policy: the trie-constrained next-token distribution of the backbone's T5 (``model/beam_search.py``) at the
+  model's SFT temperature (softmax(logits / ``model.temperature``): what SFT trains, LETTER's tau), so an
   item's log-probability is the sum of ``L`` constrained log-softmax terms and the probabilities of all items sum
   to 1; :func:`policy_and_reference` (teacher-forced log-probs of the policy, differentiable, and of the frozen
   reference ``pi_ref``, :func:`freeze`: a deep copy of the T5 taken after the SFT weights are loaded),
@@ -31,6 +32,7 @@ from recbole_gflowgr.resume import preserved_rng
 from recbole_gflowgr.trainer import GRTrainer
 
 REWARDS = ("comprehensive", "hit")
+CM_SCORES = ("percentile", "minmax")  # collaborative.CollaborativeScorer's normalisations (gflowgr_cm_score)
 
 
 # ----- config checks -----------------------------------------------------------------------------------------
@@ -106,14 +108,16 @@ def policy_and_reference(model, ref_t5, interaction, items, rows=None, steps=Fal
 
 def _policy_and_reference(model, ref_t5, interaction, items, rows, steps, hidden):
     ids, mask = model.encoder_inputs(interaction, rows)  # (B, S)
+    tau = model.temperature  # the distribution SFT trains
     out = sequence_log_probs(model.t5, None, mask, model.trie, items - 1, encoder_outputs=encode(model.t5, ids, mask),
-                             return_steps=True, return_hidden=hidden)  # (B, M), (B, M, L)[, (B, M, L, d)]
+                             return_steps=True, return_hidden=hidden, temperature=tau)  # (B, M), (B, M, L)[, (B, M, L, d)]
     i = 1 if steps else 0
     ref = None
     if ref_t5 is not None:
         with torch.no_grad():
             ref = sequence_log_probs(ref_t5, None, mask, model.trie, items - 1,
-                                     encoder_outputs=encode(ref_t5, ids, mask), return_steps=True)[i]  # (B, M[, L])
+                                     encoder_outputs=encode(ref_t5, ids, mask), return_steps=True,
+                                     temperature=tau)[i]  # (B, M[, L])
     return (out[i], ref, out[2]) if hidden else (out[i], ref)
 
 
@@ -130,12 +134,14 @@ def uniform_negatives(item_seq, pos, n_items, k, generator=None):
 
 
 @torch.no_grad()
-def top_items(t5, ids, mask, trie, k, exclude=None, length_groups=1):
-    """(B, k) the policy's top-k items by constrained beam search, skipping ``exclude`` (B,) when it is among them
-    (the beam is one wider for that); needs ``k (+1) <= number of items``."""
+def top_items(t5, ids, mask, trie, k, exclude=None, length_groups=1, temperature=1.0):
+    """(B, k) the policy's top-k items by constrained beam search (logits / ``temperature``: pass the model's),
+    skipping ``exclude`` (B,) when it is among them (the beam is one wider for that); needs ``k (+1) <= number of
+    items``."""
     with eval_mode(t5):
         width = k + (exclude is not None)
-        items = constrained_beam_search(t5, ids, mask, trie, width, length_groups=length_groups)[0] + 1  # (B, width)
+        items = constrained_beam_search(t5, ids, mask, trie, width, length_groups=length_groups,
+                                        temperature=temperature)[0] + 1  # (B, width)
     if exclude is None:
         return items
     drop = items == exclude.unsqueeze(1)  # (B, width)
@@ -148,8 +154,9 @@ def sample_items(t5, ids, mask, trie, n, temperature=1.0, generator=None):
     """Ancestral sampling of ``n`` items per user from the constrained policy (softmax(logits / temperature) over the
     allowed children of the prefix at each of the L levels), vectorised over the B*n rows.
 
-    Returns (items (B, n) RecBole ids, step log-probs (B, n, L) of the sampling distribution); at temperature 1
-    they equal ``sequence_log_probs``' steps. Runs in eval mode (no dropout) and without gradient."""
+    Returns (items (B, n) RecBole ids, step log-probs (B, n, L) of the sampling distribution); at the
+    temperature given to ``sequence_log_probs`` they equal its steps (:func:`policy_samples` passes the model's
+    temperature times the sampling temperature). Runs in eval mode (no dropout) and without gradient."""
     with eval_mode(t5):
         enc = encode(t5, ids, mask)  # (B, S, d)
         B, L = enc.shape[0], trie.L
@@ -171,9 +178,11 @@ def sample_items(t5, ids, mask, trie, n, temperature=1.0, generator=None):
 
 def policy_samples(model, interaction, n, temperature=1.0, generator=None):
     """:func:`sample_items` for a batch of the model: (items (B, n), step log-probs (B, n, L)), sampled per
-    history-length group (:func:`per_length_group`)."""
+    history-length group (:func:`per_length_group`) from softmax(logits / (model.temperature * temperature)): the
+    policy SFT trains, at the sampling temperature ``temperature`` (1 = on-policy)."""
+    tau = model.temperature * temperature
     return per_length_group(model, interaction, lambda g: sample_items(
-        model.t5, *model.encoder_inputs(interaction, g), model.trie, n, temperature, generator))
+        model.t5, *model.encoder_inputs(interaction, g), model.trie, n, tau, generator))
 
 
 # ----- preference losses -------------------------------------------------------------------------------------
@@ -210,6 +219,7 @@ def ensure_scorer(trainer, train_data):
         with preserved_rng():  # its random init must not shift the training stream (a resumed run loads it later)
             scorer = load_scorer(config["dataset"], dataset_settings(config), trainer.device, config_dict=config["collaborative_args"],
                                  recbole_dataset=train_data._dataset)
+        scorer.mode = require_choice(config, "gflowgr_cm_score", CM_SCORES)  # percentile | minmax
         if scorer.n_items != trainer.model.n_items:
             raise ConfigError(f"the collaborative model has {scorer.n_items} items, the dataset "
                               f"{trainer.model.n_items}: delete its cache under {config['checkpoint_dir']}/collaborative")
@@ -217,21 +227,36 @@ def ensure_scorer(trainer, train_data):
     return trainer.scorer
 
 
+def semantic_levels(model):
+    """How many leading columns of the model's item IDs are semantic levels: all but the last, the disambiguation
+    index that tells items with equal codes apart (``tokenizer/semantic_ids.disambiguate``; TIGER 3 of 4, LETTER
+    4 of 5). R_tok counts only those."""
+    return max(0, int(model.code_len) - 1)
+
+
+def reward_terms(config, model, is_pos, cm, codes, pos_codes):
+    """GFlowGR's comprehensive reward (``reward.comprehensive_reward``) with the ``gflowgr_reward_*`` and
+    ``gflowgr_tok_match`` keys, R_tok over the semantic levels: (reward, log reward, parts), each (B, K)."""
+    return comprehensive_reward(
+        is_pos, cm.float(), codes, pos_codes, use_aug=config["gflowgr_reward_aug"], use_cm=config["gflowgr_reward_cm"],
+        use_tok=config["gflowgr_reward_tok"], eps=config["gflowgr_reward_eps"],
+        exponent=config["gflowgr_reward_exponent"], n_semantic=semantic_levels(model),
+        tok_match=config["gflowgr_tok_match"])
+
+
 def item_rewards(model, scorer, interaction, items, config, kind="comprehensive"):
     """Terminal reward (B, G) of items (B, G): ``hit`` = 1 if the item is the observed next item else 0; or GFlowGR's
-    comprehensive reward ``R_aug + R_cm + R_tok`` (``gflowgr_reward_*`` keys: terms, eps, exponent)."""
+    comprehensive reward ``R_aug + R_cm + R_tok`` (:func:`reward_terms`)."""
     pos = interaction[model.POS_ITEM_ID]  # (B,)
     is_pos = items == pos.unsqueeze(1)  # (B, G)
     if kind == "hit":
         return is_pos.float()
     if config["gflowgr_reward_cm"]:
-        cm = scorer.score(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], candidates=items)  # (B, G)
+        cm = scorer.score(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], candidates=items,
+                          pos=pos)  # (B, G)
     else:
         cm = torch.zeros(items.shape, device=items.device)
-    reward, _, _ = comprehensive_reward(
-        is_pos, cm.float(), model.target_tokens(items), model.target_tokens(pos), use_aug=config["gflowgr_reward_aug"],
-        use_cm=config["gflowgr_reward_cm"], use_tok=config["gflowgr_reward_tok"], eps=config["gflowgr_reward_eps"],
-        exponent=config["gflowgr_reward_exponent"])
+    reward, _, _ = reward_terms(config, model, is_pos, cm, model.target_tokens(items), model.target_tokens(pos))
     return reward  # (B, G)
 
 
@@ -277,10 +302,14 @@ class BaselineTrainer(GRTrainer):
         self.init_state(config, model, self.device)
 
     def prepare(self, config, model):
-        """Validated hyperparameters as attributes, dataset checks, heads attached to ``model``."""
+        """Validated hyperparameters as attributes, dataset checks, heads attached to ``model``; the policy's dropout
+        set to 0 with ``finetune_disable_dropout`` (TRL's default: the policy equals the reference at step 0, so
+        DPO's implicit reward starts at 0 and PPO/GRPO ratios are exact)."""
         self.__dict__.update(self.check_config(config))
         self.check_model(config, model)
         self.attach(config, model)
+        if require(config, "finetune_disable_dropout", lambda v: isinstance(v, bool), "must be True or False"):
+            disable_dropout(model)
 
     def init_state(self, config, model, device):
         """Reference copy, random generator, statistics (everything a loss needs beyond RecBole's trainer)."""

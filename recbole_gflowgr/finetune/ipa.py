@@ -3,8 +3,8 @@ Generative Recommender and Iterative Preference Alignment", 2025), with GFlowGR'
 reward model.
 
 Per batch (on a random share ``ipa_dpo_ratio`` of its examples): the current model generates ``N`` items by
-constrained beam search (``ipa_beams``); the reward model scores them (the CM's per-user min-max normalised score,
-``collaborative.CollaborativeScorer``); chosen ``y_w`` = the best-scored beam, rejected ``y_l`` = the worst. The
+constrained beam search (``ipa_beams``); the reward model scores them (the CM's per-user normalised score,
+``collaborative.CollaborativeScorer``, ``gflowgr_cm_score``: both forms rank the beams alike); chosen ``y_w`` = the best-scored beam, rejected ``y_l`` = the worst. The
 loss is OneRec's
 
     L = w_ntp * L_NTP(y+) + lambda * L_DPO(y_w, y_l),   L_DPO = -log sigmoid(beta * (r(y_w) - r(y_l)))
@@ -55,9 +55,10 @@ class IPATrainer(BaselineTrainer):
         """(chosen (B',), rejected (B',), valid (B',) bool, beam rewards (B', N)) for the batch rows ``rows``."""
         model = self.model
         ids, mask = model.encoder_inputs(interaction, rows)
-        beams = top_items(model.t5, ids, mask, model.trie, self.beams, length_groups=model.length_buckets)  # (B', N)
+        beams = top_items(model.t5, ids, mask, model.trie, self.beams, length_groups=model.length_buckets,
+                          temperature=model.temperature)  # (B', N)
         reward = self.scorer.score(_take(interaction[model.ITEM_SEQ], rows), _take(interaction[model.ITEM_SEQ_LEN], rows),
-                                   candidates=beams)  # (B', N) in [0, 1]
+                                   candidates=beams, pos=_take(interaction[model.POS_ITEM_ID], rows))  # (B', N) in [0, 1]
         best, worst = reward.argmax(dim=1, keepdim=True), reward.argmin(dim=1, keepdim=True)  # (B', 1)
         valid = reward.gather(1, best) > reward.gather(1, worst)  # (B', 1)
         return beams.gather(1, best).squeeze(1), beams.gather(1, worst).squeeze(1), valid.squeeze(1), reward

@@ -66,7 +66,7 @@ class SPRecTrainer(BaselineTrainer):
         model = self.model
         ids, mask = model.encoder_inputs(interaction)
         return top_items(self.snapshot_t5, ids, mask, model.trie, 1, exclude=interaction[model.POS_ITEM_ID],
-                         length_groups=model.length_buckets)
+                         length_groups=model.length_buckets, temperature=model.temperature)
 
     def sprec_loss(self, interaction):
         """(SFT part, DPO part) of a batch; the inactive phase's part is 0."""

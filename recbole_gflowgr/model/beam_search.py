@@ -10,7 +10,8 @@ At every step the logits of tokens that do not extend the current prefix to a re
 *before* the log-softmax, i.e. the next-token distribution is renormalised over the allowed children of the
 prefix node.  The log-probability of an item is the sum over its ``L`` steps of this constrained log-softmax.
 Beam search, :func:`sequence_log_probs` and :func:`exhaustive_log_probs` all use this same policy, so an item's
-beam score equals its teacher-forced log-probability, and ``exp`` of the scores of all items sums to 1.
+beam score equals its teacher-forced log-probability, and ``exp`` of the scores of all items sums to 1.  All take
+``temperature`` (logits / tau: pass the model's, the distribution SFT trains, e.g. LETTER's tau).
 
 Only the logits of each level's token range ``[lo_t, lo_t + width_t)`` are computed (a slice of the tied
 output projection): tokens outside it are never allowed at that level, so this is the same distribution.
@@ -58,8 +59,9 @@ def _encoder_states(model, input_ids, attention_mask, encoder_outputs):
     return encoder_outputs[0]
 
 
-def _level_logits(model, trie: SemanticIDTrie, level: int, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits (..., width_level) of the level's token range from decoder states (..., d), as the LM head does."""
+def _level_logits(model, trie: SemanticIDTrie, level: int, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Logits (..., width_level) of the level's token range from decoder states (..., d), as the LM head does,
+    divided by ``temperature``."""
     head = model.get_output_embeddings()
     config = model.config
     scale = getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", False))
@@ -67,13 +69,14 @@ def _level_logits(model, trie: SemanticIDTrie, level: int, hidden: torch.Tensor)
         hidden = hidden * (config.d_model ** -0.5)
     lo, hi = trie.lo[level], trie.lo[level] + trie.width[level]
     bias = head.bias[lo:hi] if getattr(head, "bias", None) is not None else None
-    return F.linear(hidden, head.weight[lo:hi], bias)
+    logits = F.linear(hidden, head.weight[lo:hi], bias)
+    return logits if temperature == 1.0 else logits / temperature
 
 
-def _level_log_probs(model, trie, level, hidden, nodes):
+def _level_log_probs(model, trie, level, hidden, nodes, temperature=1.0):
     """Constrained log-probs (R, W) and child ids (R, W) for decoder states (R, d) at prefix ``nodes`` (R,)."""
     children = trie.children(level, nodes)  # (R, W)
-    logp = constrained_log_softmax(_level_logits(model, trie, level, hidden), children >= 0)
+    logp = constrained_log_softmax(_level_logits(model, trie, level, hidden, temperature), children >= 0)
     return logp, children
 
 
@@ -222,7 +225,7 @@ def _by_length(search, input_ids, attention_mask, groups):
     return items, scores
 
 
-def _last_level_log_probs(model, trie, stepper, seq, nodes):
+def _last_level_log_probs(model, trie, stepper, seq, nodes, temperature=1.0):
     """Constrained log-probs (R, W) and child ids (R, W) of the last level. A prefix with one child gives it
     log-probability exactly 0 (the constrained softmax of one token), so the decoder runs only on the rows whose
     prefix has two or more children: with TIGER's disambiguation token as the last level, a few percent of them."""
@@ -234,7 +237,7 @@ def _last_level_log_probs(model, trie, stepper, seq, nodes):
     rows = (n_kids > 1).nonzero().squeeze(1)  # (r,)
     if len(rows):
         h = stepper.step(seq, rows=rows)  # (r, d)
-        logp[rows] = constrained_log_softmax(_level_logits(model, trie, level, h), allowed[rows])
+        logp[rows] = constrained_log_softmax(_level_logits(model, trie, level, h, temperature), allowed[rows])
     return logp, children
 
 
@@ -243,7 +246,8 @@ _STEPPERS = {"grouped": _GroupedT5Stepper, "cache": _HFCacheStepper, "recompute"
 
 @torch.no_grad()
 def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTrie, beam_size: int,
-                            encoder_outputs=None, mode: str = "grouped", length_groups: int = 1):
+                            encoder_outputs=None, mode: str = "grouped", length_groups: int = 1,
+                            temperature: float = 1.0):
     """Trie-constrained beam search over semantic IDs, batched over users.
 
     Args:
@@ -260,6 +264,7 @@ def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTr
         length_groups: split the users into this many groups of similar history length (by ``attention_mask``),
             each trimmed to its own longest history, so that short histories are not encoded and attended at
             the batch's longest length; the same result (up to float rounding).  Ignored with ``encoder_outputs``.
+        temperature: logits / temperature at every level (the model's: the distribution SFT trains).
 
     Returns:
         items (B, K) LongTensor of item indices sorted by descending constrained log-probability, and scores
@@ -274,7 +279,8 @@ def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTr
     if mode not in _STEPPERS:
         raise ValueError(f"mode must be one of {sorted(_STEPPERS)}, got {mode!r}")
     if length_groups > 1 and encoder_outputs is None and attention_mask is not None and len(attention_mask) > 1:
-        return _by_length(lambda ids, mask: constrained_beam_search(model, ids, mask, trie, beam_size, mode=mode),
+        return _by_length(lambda ids, mask: constrained_beam_search(model, ids, mask, trie, beam_size, mode=mode,
+                                                                    temperature=temperature),
                           input_ids, attention_mask, length_groups)
     K, L = int(beam_size), trie.L
     enc = _encoder_states(model, input_ids, attention_mask, encoder_outputs)  # (B, S, d)
@@ -283,7 +289,7 @@ def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTr
     start = torch.full((B, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)  # (B, 1)
 
     # step 0: one row per user (all beams share the start token)
-    logp, children = _level_log_probs(model, trie, 0, stepper.step(start), start.new_zeros(B))  # (B, W0)
+    logp, children = _level_log_probs(model, trie, 0, stepper.step(start), start.new_zeros(B), temperature)  # (B, W0)
     k0 = min(K, trie.width[0])
     scores, tok = logp.topk(k0, dim=-1)  # (B, k0)
     nodes = children.gather(1, tok)  # (B, k0)
@@ -300,9 +306,10 @@ def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTr
     for t in range(1, L):
         if t < L - 1:
             h = stepper.step(seq.reshape(R, t + 1))  # (R, d)
-            logp, children = _level_log_probs(model, trie, t, h, nodes.reshape(R))  # (R, W), (R, W)
+            logp, children = _level_log_probs(model, trie, t, h, nodes.reshape(R), temperature)  # (R, W), (R, W)
         else:
-            logp, children = _last_level_log_probs(model, trie, stepper, seq.reshape(R, t + 1), nodes.reshape(R))
+            logp, children = _last_level_log_probs(model, trie, stepper, seq.reshape(R, t + 1), nodes.reshape(R),
+                                                   temperature)
         W = trie.width[t]
         total = (scores.unsqueeze(-1) + logp.view(B, K, W)).view(B, K * W)  # (B, K*W)
         scores, idx = total.topk(K, dim=-1)  # (B, K); K <= K*W
@@ -338,7 +345,8 @@ def _shared_encoder_decode(model, dec_in, enc, attention_mask, M):
 
 
 def sequence_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, target_items: torch.Tensor,
-                       encoder_outputs=None, return_steps: bool = False, return_hidden: bool = False):
+                       encoder_outputs=None, return_steps: bool = False, return_hidden: bool = False,
+                       temperature: float = 1.0):
     """Teacher-forced constrained log-probability of M candidate items per user (differentiable).
 
     Args:
@@ -352,6 +360,7 @@ def sequence_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, t
         return_hidden: also return the decoder final hidden states (B, M, L, d): position t is the state
             after reading the start token and the first t code tokens, i.e. the state that predicts token t
             (after the decoder's final layer norm, before the LM head's rescaling).
+        temperature: logits / temperature before the constrained log-softmax (the model's ``temperature``).
 
     Returns:
         log_probs (B, M); with extras a tuple ``(log_probs, steps?, hidden?)`` in that order.
@@ -374,7 +383,7 @@ def sequence_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, t
 
     steps = []
     for t in range(L):
-        logp, _ = _level_log_probs(model, trie, t, hidden[:, t], nodes[:, t])  # (B*M, W_t)
+        logp, _ = _level_log_probs(model, trie, t, hidden[:, t], nodes[:, t], temperature)  # (B*M, W_t)
         steps.append(logp.gather(1, (tokens[:, t] - trie.lo[t]).unsqueeze(1)).squeeze(1))  # (B*M,)
     steps = torch.stack(steps, dim=1).view(B, M, L)  # (B, M, L)
     steps = steps.masked_fill(~valid.unsqueeze(-1), float("-inf"))
@@ -389,7 +398,7 @@ def sequence_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, t
 
 @torch.no_grad()
 def exhaustive_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, chunk_size: int = 512,
-                         encoder_outputs=None) -> torch.Tensor:
+                         encoder_outputs=None, temperature: float = 1.0) -> torch.Tensor:
     """Constrained log-probability (B, n_items) of every item for every user (no grad, items in chunks)."""
     enc = _encoder_states(model, input_ids, attention_mask, encoder_outputs)  # (B, S, d)
     B = enc.shape[0]
@@ -397,5 +406,5 @@ def exhaustive_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie,
     for s in range(0, trie.n_items, chunk_size):
         items = torch.arange(s, min(s + chunk_size, trie.n_items), device=enc.device)
         out.append(sequence_log_probs(model, None, attention_mask, trie, items.unsqueeze(0).expand(B, -1),
-                                      encoder_outputs=enc))
+                                      encoder_outputs=enc, temperature=temperature))
     return torch.cat(out, dim=1)  # (B, n_items)

@@ -158,7 +158,7 @@ class TIGER(SequentialRecommender):
         """(items, scores), (B, K): RecBole item ids (0 where no item) and constrained sequence log-probs."""
         ids, mask = self.encoder_inputs(interaction)
         items, scores = constrained_beam_search(self.t5, ids, mask, self.trie, beam_size or self.beam_size,
-                                               length_groups=self.length_buckets)
+                                               length_groups=self.length_buckets, temperature=self.temperature)
         return items + 1, scores  # trie index -> RecBole id; -1 (no item) -> 0
 
     def full_sort_predict(self, interaction):
@@ -170,4 +170,5 @@ class TIGER(SequentialRecommender):
 
     def predict(self, interaction):
         ids, mask = self.encoder_inputs(interaction)
-        return sequence_log_probs(self.t5, ids, mask, self.trie, interaction[self.ITEM_ID] - 1)  # (B,)
+        return sequence_log_probs(self.t5, ids, mask, self.trie, interaction[self.ITEM_ID] - 1,
+                                  temperature=self.temperature)  # (B,)

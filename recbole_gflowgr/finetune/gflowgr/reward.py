@@ -5,8 +5,12 @@ trajectories (unobserved items from the adaptive sampler). With ``k`` indexing t
 
 * ``R_aug[b, k] = 1`` for the positive, ``0`` for an augmented trajectory (augmentation reward);
 * ``R_cm[b, k] = cm_score[b, k]`` in ``[0, 1]``, the collaborative model's score of that item (given);
-* ``R_tok[b, k] = (1/L) * sum_l [codes[b, k, l] == pos_codes[b, l]]``, the fraction of code positions shared
-  with the positive's semantic ID (token-level reward; ``1`` for the positive by definition).
+* ``R_tok[b, k] = (1/S) * sum_{l<S} [codes[b, k, l] == pos_codes[b, l]]``, the fraction of the ``S`` *semantic*
+  code positions shared with the positive's semantic ID (token-level reward; ``1`` for the positive by definition).
+  ``S = n_semantic`` leaves out the last column of TIGER's/LETTER's IDs, the disambiguation index that only tells
+  colliding items apart (0 for most items): counting it gave almost every augmented item ``R_tok >= 1/L``.
+  ``tok_match="prefix"`` counts only the shared prefix instead, ``(1/S) * max{l : codes[:l] == pos_codes[:l]}``
+  (a residual code under a different parent code means little); ``"position"`` (default) is the paper's count.
 
 The final reward is ``R = max(eps, (sum of the enabled terms) ** exponent)`` so that ``log R`` is finite even
 when every enabled term is ``0``; ``log R`` is computed in log space as
@@ -15,7 +19,7 @@ when every enabled term is ``0``; ``log R`` is computed in log space as
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -25,6 +29,7 @@ __all__ = ["comprehensive_reward"]
 def comprehensive_reward(is_positive: torch.Tensor, cm_score: torch.Tensor, codes: torch.Tensor,
                          pos_codes: torch.Tensor, use_aug: bool = True, use_cm: bool = True,
                          use_tok: bool = True, eps: float = 1e-6, exponent: float = 1.0,
+                         n_semantic: Optional[int] = None, tok_match: str = "position",
                          ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
     """Reward of every trajectory (GFlowGR §3.2).
 
@@ -36,6 +41,9 @@ def comprehensive_reward(is_positive: torch.Tensor, cm_score: torch.Tensor, code
         use_aug, use_cm, use_tok: which terms enter the sum (ablations); at least one must be enabled.
         eps: ``> 0`` floor of the reward.
         exponent: ``> 0`` power applied to the summed reward (reward temperature ``beta``).
+        n_semantic: how many leading code columns are semantic levels (R_tok counts only those); ``None`` = all
+            ``L``. GFlowGR's callers pass ``L - 1`` (the last column is the disambiguation token).
+        tok_match: ``"position"`` (count equal positions) or ``"prefix"`` (length of the shared prefix).
 
     Returns:
         ``(reward, log_reward, parts)``: ``reward`` and ``log_reward`` are ``(B, 1+N)`` float;
@@ -59,14 +67,22 @@ def comprehensive_reward(is_positive: torch.Tensor, cm_score: torch.Tensor, code
     if pos_codes.shape != (B, L):
         raise ValueError(f"pos_codes must have shape (B, L) = {(B, L)}, got {tuple(pos_codes.shape)}")
 
+    S = L if n_semantic is None else int(n_semantic)
+    if not 0 <= S <= L:
+        raise ValueError(f"n_semantic must be in [0, L={L}], got {n_semantic}")
+    if tok_match not in ("position", "prefix"):
+        raise ValueError(f"tok_match='{tok_match}': use position or prefix (gflowgr_tok_match)")
+
     is_positive = is_positive.detach().to(torch.bool)  # (B, K)
     dtype = cm_score.dtype if cm_score.is_floating_point() else torch.get_default_dtype()
     one = torch.ones((), dtype=dtype, device=cm_score.device)
 
     r_aug = is_positive.to(dtype)  # (B, K)
     r_cm = cm_score.detach().to(dtype)  # (B, K)
-    same = codes.detach() == pos_codes.detach().unsqueeze(1)  # (B, K, L)
-    r_tok = same.to(dtype).mean(2) if L > 0 else torch.zeros(B, K, dtype=dtype, device=cm_score.device)
+    same = codes.detach()[..., :S] == pos_codes.detach()[:, :S].unsqueeze(1)  # (B, K, S): semantic levels only
+    if tok_match == "prefix":
+        same = same.to(torch.long).cumprod(2).bool()  # (B, K, S): True up to the first differing level
+    r_tok = same.to(dtype).mean(2) if S > 0 else torch.zeros(B, K, dtype=dtype, device=cm_score.device)
     r_tok = torch.where(is_positive, one, r_tok)  # (B, K): the positive matches itself
 
     total = torch.zeros(B, K, dtype=dtype, device=cm_score.device)  # (B, K)
