@@ -134,7 +134,7 @@ def _cell(grid, dataset, model, finetune, seed, variant, overrides):
         defaults = _defaults(dataset, model, finetune, tuple(files))
         overrides = {k: v for k, v in overrides.items() if k not in defaults or defaults[k] != v}
     if finetune == "sft" and model in OUR_MODELS:  # SFT ignores fine-tuning variants: one shared SFT cell
-        from recbole_gflowgr.quick_start import backbone_keys
+        from recbole_gflowgr.results import backbone_keys
 
         backbone = backbone_keys(overrides)
         if backbone != overrides:

@@ -19,7 +19,7 @@ from recbole_gflowgr.data import dataset_settings, prepare_dataset
 from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.finetune import get_finetune_trainer
 from recbole_gflowgr.registry import OUR_MODELS, get_model, get_trainer
-from recbole_gflowgr.results import append_row, git_commit, make_row
+from recbole_gflowgr.results import append_row, backbone_keys, git_commit, make_row
 from recbole_gflowgr.utils import atomic_file, training_lock
 from recbole_gflowgr.validation import check_catalogue
 
@@ -36,14 +36,7 @@ def prepare_data(config, logger=None):
     return dataset, data_preparation(config, dataset)
 
 
-FINETUNE_KEYS = ("finetune", "pretrained_checkpoint")
-FINETUNE_PREFIXES = ("finetune_", "gflowgr_", "dpo_", "sdpo_", "sprec_", "ipa_", "ppo_", "grpo_")
 FINETUNE_HEADS = ("gflow_heads.", "ppo_value_head.")  # state-dict prefixes of heads that fine-tuning adds
-
-
-def backbone_keys(values):
-    """``values`` (a dict of config keys) without the fine-tuning keys: what the SFT backbone depends on."""
-    return {k: v for k, v in values.items() if k not in FINETUNE_KEYS and not k.startswith(FINETUNE_PREFIXES)}
 
 
 def sft_cache_path(config):

@@ -21,6 +21,8 @@ VOLATILE_KEYS = {"seed", "data_path", "checkpoint_dir", "results_dir", "show_pro
 # the keys existed (the collaborative model's cache, SFT caches, resume ids)
 NEUTRAL_KEYS = {prefix + key: value for prefix in ("", FINETUNE_PREFIX) for key, value in NEUTRAL.items()}
 TAG_KEYS = ("experiment", "experiment_cell", "experiment_variant")  # copied from the config into the row
+FINETUNE_KEYS = ("finetune", "pretrained_checkpoint")
+FINETUNE_PREFIXES = ("finetune_", "gflowgr_", "dpo_", "sdpo_", "sprec_", "ipa_", "ppo_", "grpo_")
 
 
 def _plain(value):
@@ -37,6 +39,11 @@ def _plain(value):
 
 def plain_config(config):
     return {k: _plain(v) for k, v in sorted(config.final_config_dict.items())}
+
+
+def backbone_keys(values):
+    """``values`` (a dict of config keys) without the fine-tuning keys: what the SFT backbone depends on."""
+    return {k: v for k, v in values.items() if k not in FINETUNE_KEYS and not k.startswith(FINETUNE_PREFIXES)}
 
 
 def config_hash(plain):

@@ -41,13 +41,17 @@ LAST_SUFFIX = "-last.pth"
 
 
 def run_id(config):
-    """``<model>-<dataset>-<finetune>-seed<seed>-<hash>``: what identifies one run for ``--resume``."""
+    """``<model>-<dataset>-<finetune>-seed<seed>-<hash>``: what identifies one run for ``--resume``. An SFT run
+    (and a RecBole model's) is identified by its backbone keys only: a fine-tuning key (``gflowgr_*``, ``dpo_*``,
+    ``finetune_*``, ...) does nothing to it, so a changed fine-tuning default does not orphan its last checkpoint."""
     from recbole_gflowgr.registry import OUR_MODELS
-    from recbole_gflowgr.results import config_hash, plain_config
+    from recbole_gflowgr.results import backbone_keys, config_hash, plain_config
 
-    plain = plain_config(config)
-    plain["resume_pretrained"] = config["pretrained_checkpoint"] or None  # volatile in rows, not for resuming
     finetune = config["finetune"] if config["model"] in OUR_MODELS else "none"
+    plain = plain_config(config)
+    if finetune in ("sft", "none"):
+        plain = backbone_keys(plain)
+    plain["resume_pretrained"] = config["pretrained_checkpoint"] or None  # volatile in rows, not for resuming
     return f"{config['model']}-{config['dataset']}-{finetune}-seed{config['seed']}-{config_hash(plain)}"
 
 

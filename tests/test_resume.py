@@ -216,6 +216,10 @@ def test_run_identity_ignores_paths_and_resume_but_not_hyperparameters_or_seed(m
     assert len({ident(), ident("--seed=1"), ident("--learning_rate=0.5"), ident("--finetune=gflowgr-tb"),
                 ident("--pretrained_checkpoint=p.pth")}) == 5
     assert ident().startswith("TIGER-tiny-sft-seed42-")
+    # a fine-tuning key does nothing to an SFT run: its id (and last checkpoint) survive a changed default
+    assert ident("--gflowgr_logz=global", "--dpo_beta=0.5", "--finetune_learning_rate=0.01") == ident()
+    tb = ("--finetune=gflowgr-tb",)
+    assert ident(*tb, "--gflowgr_logz=global") != ident(*tb)
 
 
 def test_a_corrupt_last_checkpoint_is_a_clear_error(monkeypatch, capsys):
