@@ -6,7 +6,7 @@
 # Run here, from the repo root, after ../shared/tools/device-wheels.sh:
 #   bash benchmarks/gpu/bundle.sh amazon-beauty [yelp ...]
 #   SFT=1 bash benchmarks/gpu/bundle.sh industrial-scientific    # the CPU grids' remaining fine-tuning cells
-# then call the device with carry [".whl", ".carry"] and benchmarks/gpu/chunk.sh (see README "GPU runs").
+# then call the device with carry [".whl", ".carry"] and benchmarks/gpu/chunk.sh (see docs/experiments.md, "On your own GPU machine").
 set -eu
 [ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu/bundle.sh <dataset> [<dataset> ...]" >&2; exit 2; }
 grep -qx '/.carry/' .git/info/exclude 2>/dev/null || echo '/.carry/' >> .git/info/exclude
