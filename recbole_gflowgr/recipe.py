@@ -27,7 +27,7 @@ def describe(config):
     warmup = config.get("warmup_steps") or (f"{config['warmup_ratio']:.0%}" if config.get("warmup_ratio") else 0)
     schedule = config.get("lr_scheduler") or "constant"
     if schedule in ("linear", "cosine"):
-        schedule += f" ({config.get('epochs')} ep)"
+        schedule += f" ({config.get('lr_decay_epochs') or config.get('epochs')} ep)"  # the decay horizon
     backbone = (f"{config.get('num_encoder_layers')}+{config.get('num_decoder_layers')}L d{config.get('d_model')} "
                 f"ff{config.get('d_ff')}")
     return f"{config.get('learning_rate'):g}", schedule, str(warmup), str(config.get("train_batch_size")), backbone

@@ -56,8 +56,11 @@ def test_recipe_table_and_plot_from_fake_rows():
     append_row(fake_recipe_row(cells["TIGER", "lr4e-3-cosine60"], 0.05, [(1, 60, 0.03), (2, 120, 0.05)], 2,
                                stopped=False, learning_rate=0.004, lr_scheduler="cosine", warmup_steps=300,
                                epochs=60), "res")
+    append_row(fake_recipe_row(cells["TIGER", "lr5e-3-cos25"], 0.045, [(1, 60, 0.045)], 1, stopped=False,
+                               learning_rate=0.005, lr_scheduler="cosine", lr_decay_epochs=25), "res")
     table = recipe.recipe_table(grid, "res")
     lines = table.splitlines()
+    assert any("| lr5e-3-cos25 | 0.005 | cosine (25 ep) |" in line for line in lines)  # the decay horizon, not 200
     assert lines[2] == ("| industrial-scientific | TIGER | baseline | 0.001 | constant | 0 | 256 | 2+2L d64 ff256 | "
                         "0.0400 | 0.0300 | 2 | 3 | true | 2.0 | 3.5 |")
     assert lines[3].startswith("| industrial-scientific | TIGER | lr4e-3-cosine60 | 0.004 | cosine (60 ep) | 300 |")
