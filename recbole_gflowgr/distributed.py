@@ -106,29 +106,15 @@ def _with(cmd_args, **values):
     return [a for a in cmd_args if not a.startswith(keys)] + [f"--{k}={v}" for k, v in values.items()]
 
 
-def _prepare_caches(config):
-    """What every process would otherwise build concurrently: RecBole's folders (its ``ensure_dir`` races), the
-    converted dataset, the semantic IDs."""
-    from recbole_gflowgr.data import prepare_dataset
-    from recbole_gflowgr.registry import OUR_MODELS, get_model
-
-    for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
-        os.makedirs(folder, exist_ok=True)
-    prepare_dataset(config["dataset"], config["data_path"], config["source_path"], config["source_prefix"])
-    if config["model"] in OUR_MODELS:
-        from recbole_gflowgr.model import tiger
-
-        tiger.fetch_semantic_ids(config, config["tokenizer"] or get_model(config["model"]).default_tokenizer)
-
-
-def launch(run, config, model, dataset, config_file_list, config_dict, cmd_args, saved, pretrained):
+def launch(run, config, model, dataset, config_file_list, config_dict, cmd_args, saved, pretrained, prepare):
     """Start ``nproc`` processes running ``run`` with their ``local_rank``; returns global rank 0's row (None on
-    a machine without global rank 0)."""
+    a machine without global rank 0). ``prepare(config)`` first builds what every process would otherwise build
+    concurrently (``quick_start.prepare_caches``)."""
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException
 
     world = check(config)
-    _prepare_caches(config)
+    prepare(config)
     extra = {"world_size": world}
     if pretrained:  # resolved (and trained if needed) here: the processes must not each train it
         extra["pretrained_checkpoint"] = pretrained

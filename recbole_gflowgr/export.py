@@ -85,7 +85,7 @@ def make_export(model, config, item_tokens, item_titles, tokenizer, user_tokens=
     """The checkpoint dict of ``model`` (a TIGER/LETTER) with plain ``config``; ``item_tokens``/``item_titles``
     aligned with RecBole's internal item ids."""
     from recbole_gflowgr.model.tiger import N_SPECIAL
-    from recbole_gflowgr.quick_start import FINETUNE_HEADS
+    from recbole_gflowgr.finetune import FINETUNE_HEADS
 
     sizes = list(model.level_sizes)
     offsets = torch.tensor([N_SPECIAL + sum(sizes[:lv]) for lv in range(len(sizes))])

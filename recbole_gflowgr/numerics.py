@@ -29,7 +29,7 @@ def _kept(trainer):
 
 def diverged(trainer, what, fix):
     """The :class:`TrainingError` for ``what`` (e.g. 'training loss is nan') at the trainer's current epoch."""
-    from recbole_gflowgr.registry import OUR_MODELS
+    from recbole_gflowgr import OUR_MODELS
 
     config = trainer.config
     run = f"{config['model']} on '{config['dataset']}'"

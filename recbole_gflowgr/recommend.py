@@ -45,7 +45,7 @@ def build_model(export, device="cpu"):
     """The TIGER/LETTER nn.Module of an export dict (weights loaded, eval mode) on ``device``; an export without
     ``state_dict`` gives randomly initialised weights (benchmarks)."""
     from recbole_gflowgr.errors import ConfigError
-    from recbole_gflowgr.registry import OUR_MODELS, get_model
+    from recbole_gflowgr.model import OUR_MODELS, get_model
 
     if export["model"] not in OUR_MODELS:
         raise ConfigError(f"checkpoint model '{export['model']}': only {', '.join(OUR_MODELS)} can be rebuilt")

@@ -44,7 +44,7 @@ def run_id(config):
     """``<model>-<dataset>-<finetune>-seed<seed>-<hash>``: what identifies one run for ``--resume``. An SFT run
     (and a RecBole model's) is identified by its backbone keys only: a fine-tuning key (``gflowgr_*``, ``dpo_*``,
     ``finetune_*``, ...) does nothing to it, so a changed fine-tuning default does not orphan its last checkpoint."""
-    from recbole_gflowgr.registry import OUR_MODELS
+    from recbole_gflowgr import OUR_MODELS
     from recbole_gflowgr.results import backbone_keys, config_hash, plain_config
 
     finetune = config["finetune"] if config["model"] in OUR_MODELS else "none"

@@ -85,7 +85,7 @@ class TrainerMixin(ResumeMixin, NumericsMixin):
 
 def finetuning(config):
     """Whether the run fine-tunes a generative model (it reads the ``finetune_`` schedule keys)."""
-    from recbole_gflowgr.registry import OUR_MODELS
+    from recbole_gflowgr import OUR_MODELS
 
     return config["model"] in OUR_MODELS and (config["finetune"] or "sft") != "sft"
 

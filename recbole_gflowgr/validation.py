@@ -194,7 +194,7 @@ def parse_yaml(path, loader=None):
 
 def schema_files():
     """The yamls whose comments declare the run config keys (grid files and tokenizer yamls are separate)."""
-    from recbole_gflowgr.config import PROPERTIES
+    from recbole_gflowgr.data.registry import REPO_PROPERTIES as PROPERTIES
 
     ours = os.path.join(PACKAGE, "properties")
     overall = os.path.join(PROPERTIES, "overall.yaml")
@@ -277,7 +277,7 @@ def validate(values, given=None, model=None):
 
 def check_rules(values):
     """The rules between keys (types are checked already)."""
-    from recbole_gflowgr.registry import OUR_MODELS
+    from recbole_gflowgr import OUR_MODELS
 
     get = values.get
     topk = get("topk") or []

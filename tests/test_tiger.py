@@ -199,10 +199,10 @@ def test_sft_cache_follows_the_ids_not_the_tokenizer_folder(monkeypatch):
     args = patch_gr(monkeypatch) + TINY_GR + ["--finetune=sft"]
     config = load_config("TIGER", None, cmd_args=args)
     first = sft_cache_path(config)
-    monkeypatch.setattr(tiger, "fetch_semantic_ids", lambda c, t: _with(fake_semantic_ids(c, t)))
+    monkeypatch.setattr(tiger, "fetch_semantic_ids", lambda c, t, **kw: _with(fake_semantic_ids(c, t)))
     assert sft_cache_path(config) == first
 
-    def changed(c, t):
+    def changed(c, t, **kw):
         ids = _with(fake_semantic_ids(c, t))
         ids.codes[1, 0] = (ids.codes[1, 0] + 1) % 4
         return ids

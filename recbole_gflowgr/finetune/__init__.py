@@ -21,6 +21,7 @@ METHODS = {
 }
 
 
+FINETUNE_HEADS = ("gflow_heads.", "ppo_value_head.")  # state-dict prefixes of heads that fine-tuning adds
 CONTROL = "sft-continued"
 # config-key prefixes read by one method only (finetune_* keys are shared by every fine-tuning method)
 METHOD_PREFIXES = ("gflowgr_", "dpo_", "sdpo_", "sprec_", "ipa_", "ppo_", "grpo_")
