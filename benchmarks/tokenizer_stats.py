@@ -24,7 +24,7 @@ sys.path.insert(0, REPO)
 
 from recbole_gflowgr.data import prepare_dataset  # noqa: E402
 from recbole_gflowgr.data.registry import require_dataset_spec  # noqa: E402
-from recbole_gflowgr.results import git_commit  # noqa: E402
+from recbole_gflowgr.trainer.results import git_commit  # noqa: E402
 from recbole_gflowgr.tokenizer import (code_stats, get_semantic_ids, load_tokenizer_config,  # noqa: E402
                                        parse_index_json)
 from recbole_gflowgr.tokenizer.embeddings import item_text_embeddings, load_item_texts  # noqa: E402

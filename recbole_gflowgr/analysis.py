@@ -15,9 +15,9 @@ import sys
 
 import numpy as np
 
-from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.experiments import done_cells, expand, load_grid, plain_key
-from recbole_gflowgr.results import METRIC_KEYS
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.trainer.results import METRIC_KEYS
 
 
 def grid_rows(grid, results_dir="results", finished=None):

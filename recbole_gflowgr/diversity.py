@@ -26,9 +26,9 @@ import time
 import numpy as np
 import torch
 
-from recbole_gflowgr.compat import trusted_torch_load
-from recbole_gflowgr.errors import ConfigError
-from recbole_gflowgr.results import read_rows
+from recbole_gflowgr.foundation.compat import trusted_torch_load
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.trainer.results import read_rows
 
 DIVERSITY_METRICS = ["ItemCoverage", "AveragePopularity", "GiniIndex", "TailPercentage"]
 
@@ -79,8 +79,8 @@ def load_run(path, k):
 @torch.no_grad()
 def analyse(path, k=10, scorer=None):
     """The statistics of one checkpoint, plus the pooled generation probabilities under ``"probs"``."""
-    from recbole_gflowgr.quick_start import load_scorer
     from recbole_gflowgr.data import dataset_settings
+    from recbole_gflowgr.quick_start import load_scorer
     from recbole_gflowgr.registry import get_trainer
 
     config, model, train_data, test_data = load_run(path, k)
@@ -191,7 +191,7 @@ def main(argv=None):
                                           [m for m in args.methods.split(",") if m], args.seed)
         else:
             raise ConfigError("give --dataset (with --model/--methods/--seed) or --checkpoints")
-        from recbole_gflowgr.results import device_name, git_commit
+        from recbole_gflowgr.trainer.results import device_name, git_commit
 
         commit, all_stats = git_commit(), []
         for path in paths:

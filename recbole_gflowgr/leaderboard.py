@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from recbole_gflowgr.analysis import paired_p, variant_table
-from recbole_gflowgr.results import METRIC_KEYS, read_rows
+from recbole_gflowgr.trainer.results import METRIC_KEYS, read_rows
 
 CONTROL = "sft-continued"  # finetune/__init__.py: every fine-tuning method's control
 
@@ -149,8 +149,8 @@ DEFAULT_GRIDS = ("properties/experiments/ablation.yaml", "properties/experiments
 
 def grid_sections(paths, results_dir):
     """(markdown sections, names of their grids) for the grid files ``paths`` that exist."""
-    from recbole_gflowgr.data.registry import REPO_ROOT
     from recbole_gflowgr.experiments import load_grid
+    from recbole_gflowgr.foundation.paths import REPO_ROOT
 
     sections, names = [], set()
     for path in paths:

@@ -21,18 +21,18 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_gflowgr import distributed
-from recbole_gflowgr.compat import trusted_torch_load
 from recbole_gflowgr.config import PROPERTIES, Config
 from recbole_gflowgr.data import dataset_settings, prepare_dataset
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.compat import trusted_torch_load
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.trainer import distributed
 from recbole_gflowgr.finetune import FINETUNE_HEADS, get_finetune_trainer  # noqa: F401 (FINETUNE_HEADS: old home)
+from recbole_gflowgr.foundation.utils import atomic_file, training_lock
+from recbole_gflowgr.foundation.validation import check_catalogue
 from recbole_gflowgr.model.collaborative import CollaborativeScorer
 from recbole_gflowgr.registry import OUR_MODELS, get_model, get_trainer
-from recbole_gflowgr.resume import read_checkpoint
-from recbole_gflowgr.results import append_row, backbone_keys, config_hash, git_commit, make_row, plain_config
-from recbole_gflowgr.utils import atomic_file, training_lock
-from recbole_gflowgr.validation import check_catalogue
+from recbole_gflowgr.trainer.results import append_row, backbone_keys, config_hash, git_commit, make_row, plain_config
+from recbole_gflowgr.trainer.resume import read_checkpoint
 
 
 def load_config(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=()):

@@ -8,7 +8,7 @@ def get_trainer(model_type, model_name, config=None):
     for torch >= 2.6 (see ``trainer.CheckpointMixin``)."""
     from recbole.utils import get_trainer as recbole_get_trainer
 
-    from recbole_gflowgr.trainer import with_checkpoint_fix
+    from recbole_gflowgr.trainer.base import with_checkpoint_fix
 
     if model_name in OUR_MODELS:
         from recbole_gflowgr.finetune import get_finetune_trainer

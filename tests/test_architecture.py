@@ -10,14 +10,14 @@ import recbole_gflowgr
 
 PACKAGE = os.path.dirname(recbole_gflowgr.__file__)
 LAYERS = {  # first name under recbole_gflowgr -> layer; a module imports only its own layer or lower ones
-    "": 0, "errors": 0, "utils": 0, "compat": 0,  # foundation ("" = the package's __init__)
-    "data": 1, "validation": 1,  # datasets; the config schema read from the yamls' comments
+    "": 0, "foundation": 0,  # errors, paths, utils, compat, the config schema ("": the package's __init__)
+    "data": 1,  # registered datasets, conversion to RecBole's atomic files
     "tokenizer": 2, "new_items": 2,  # semantic IDs (the CM's item embeddings come in as an argument)
-    "model": 3,  # trie, beam search, TIGER/LETTER, the collaborative scorer
-    "schedule": 4, "results": 4, "numerics": 4, "resume": 4, "trainer": 4, "distributed": 4,  # trainer mixins
-    "finetune": 5,  # the fine-tuning methods
+    "model": 3,  # trie, decoder steps, beam search, TIGER/LETTER, the collaborative scorer, get_model
+    "trainer": 4,  # trainer mixins (checkpoints, schedule, resume, numerics, distributed), result rows
+    "finetune": 5,  # one trainer per fine-tuning method
     "export": 6, "recommend": 6,  # serving
-    "config": 7, "registry": 7, "quick_start": 7, "tokenize": 7,  # runtime: Config, get_model, run, CM/SFT caches
+    "config": 7, "registry": 7, "quick_start": 7, "tokenize": 7,  # runtime: Config, get_trainer, run, the caches
     "experiments": 8, "leaderboard": 8, "analysis": 8, "recipe": 8, "diversity": 8,  # grids and tables
 }
 ALLOWED = {  # (importer, imported): an import up the layers, with its reason

@@ -10,7 +10,7 @@ import torch
 
 from conftest import REPO, shared_dataset
 from recbole_gflowgr.data import prepare_dataset, read_item_text
-from recbole_gflowgr.errors import ConfigError, DatasetError
+from recbole_gflowgr.foundation.errors import ConfigError, DatasetError
 
 sys.path.insert(0, REPO)
 import run_recbole_gflowgr  # noqa: E402
@@ -223,7 +223,7 @@ def test_other_classic_models_run_through_the_same_entry_point(model):
 def test_training_lock_waits_for_a_live_owner_and_takes_over_a_stale_one(monkeypatch):
     import subprocess
 
-    from recbole_gflowgr import utils
+    from recbole_gflowgr.foundation import utils
 
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
     os.makedirs("cache", exist_ok=True)

@@ -12,9 +12,9 @@ import torch
 import run_recbole_gflowgr
 from conftest import REPO
 from gr_helpers import TINY_GR, patch_gr, with_args
-from recbole_gflowgr import resume
-from recbole_gflowgr.numerics import NumericsMixin
-from recbole_gflowgr.resume import ResumeMixin
+from recbole_gflowgr.trainer import resume
+from recbole_gflowgr.trainer.numerics import NumericsMixin
+from recbole_gflowgr.trainer.resume import ResumeMixin
 
 EPOCHS = ["--epochs=3", "--finetune_epochs=3", "--stopping_step=10"]
 
@@ -142,7 +142,7 @@ import pytest
 import recbole_gflowgr
 import run_recbole_gflowgr
 from gr_helpers import patch_gr
-from recbole_gflowgr.trainer import TrainerMixin
+from recbole_gflowgr.trainer.base import TrainerMixin
 
 original = TrainerMixin._train_epoch
 def slow(self, *args, **kwargs):  # time for the test to kill the process in the middle of training

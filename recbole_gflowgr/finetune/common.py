@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import clip_grad_norm_
 
-from recbole_gflowgr import distributed
-from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.finetune.gflowgr.reward import comprehensive_reward
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.trainer import distributed
 from recbole_gflowgr.model.beam_search import (
     _level_logits, constrained_beam_search, constrained_log_softmax, encode, sequence_log_probs,
 )
 from recbole_gflowgr.model.decoder_steps import GroupedT5Stepper
-from recbole_gflowgr.resume import preserved_rng
-from recbole_gflowgr.trainer import GRTrainer
+from recbole_gflowgr.trainer.base import GRTrainer
+from recbole_gflowgr.trainer.resume import preserved_rng
 
 REWARDS = ("comprehensive", "hit")
 CM_SCORES = ("percentile", "minmax")  # model.collaborative.CollaborativeScorer's normalisations (gflowgr_cm_score)

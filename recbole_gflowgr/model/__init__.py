@@ -4,7 +4,7 @@ import os
 import pkgutil
 
 from recbole_gflowgr import OUR_MODELS
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
 
 _RECBOLE_SUBMODULES = ["general_recommender", "context_aware_recommender", "sequential_recommender",
                        "knowledge_aware_recommender", "exlib_recommender"]

@@ -11,7 +11,7 @@ item embeddings to LETTER's tokenizer (``quick_start.sasrec_item_embeddings``).
 """
 import torch
 
-from recbole_gflowgr.compat import trusted_torch_load
+from recbole_gflowgr.foundation.compat import trusted_torch_load
 
 MODES = ("percentile", "minmax")
 

@@ -18,7 +18,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.model.beam_search import SemanticIDTrie, constrained_beam_search, sequence_log_probs
 
 N_SPECIAL = 2  # pad (= decoder start), eos

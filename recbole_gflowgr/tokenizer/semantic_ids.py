@@ -20,9 +20,9 @@ from logging import getLogger
 import numpy as np
 import yaml
 
-from recbole_gflowgr.data.registry import REPO_PROPERTIES
-from recbole_gflowgr.errors import ConfigError, DatasetError
-from recbole_gflowgr.utils import atomic_folder
+from recbole_gflowgr.foundation.errors import ConfigError, DatasetError
+from recbole_gflowgr.foundation.paths import REPO_PROPERTIES
+from recbole_gflowgr.foundation.utils import atomic_folder
 
 TOKENIZERS = ("rqvae", "letter")
 TOKENIZER_VERSION = 5  # part of the folder hash: bump when a change of the code changes the IDs
@@ -76,7 +76,7 @@ def load_tokenizer_config(tokenizer, dataset=None, overrides=None):
         if key not in allowed:
             raise ConfigError(f"{key}: not a {tokenizer} tokenizer key; known keys: {', '.join(sorted(allowed))}")
         cfg[key] = value
-    from recbole_gflowgr.validation import tokenizer_schema, validate_keys
+    from recbole_gflowgr.foundation.validation import tokenizer_schema, validate_keys
 
     validate_keys(cfg, tokenizer_schema(tokenizer), prefix="", given=set(overrides or {}))  # the yaml's own types
     if "alpha_by_dataset" in cfg:

@@ -33,9 +33,9 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
-from recbole_gflowgr.compat import trusted_torch_load
-from recbole_gflowgr.errors import ConfigError
-from recbole_gflowgr.utils import atomic_file, atomic_save
+from recbole_gflowgr.foundation.compat import trusted_torch_load
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.foundation.utils import atomic_file, atomic_save
 
 LAST_SUFFIX = "-last.pth"
 
@@ -45,7 +45,7 @@ def run_id(config):
     (and a RecBole model's) is identified by its backbone keys only: a fine-tuning key (``gflowgr_*``, ``dpo_*``,
     ``finetune_*``, ...) does nothing to it, so a changed fine-tuning default does not orphan its last checkpoint."""
     from recbole_gflowgr import OUR_MODELS
-    from recbole_gflowgr.results import backbone_keys, config_hash, plain_config
+    from recbole_gflowgr.trainer.results import backbone_keys, config_hash, plain_config
 
     finetune = config["finetune"] if config["model"] in OUR_MODELS else "none"
     plain = plain_config(config)

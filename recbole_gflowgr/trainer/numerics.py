@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from recbole_gflowgr.errors import TrainingError
+from recbole_gflowgr.foundation.errors import TrainingError
 
 
 def _kept(trainer):

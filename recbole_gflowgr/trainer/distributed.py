@@ -36,7 +36,7 @@ import torch.distributed as dist
 from recbole.evaluator import Collector
 from torch.utils.data.distributed import DistributedSampler
 
-from recbole_gflowgr.errors import ConfigError, GFlowGRError
+from recbole_gflowgr.foundation.errors import ConfigError, GFlowGRError
 
 CHILD_SETUP = []  # picklable callables run first in every started process (e.g. tests install stand-ins here)
 ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label")  # one row per evaluated sample
@@ -272,7 +272,7 @@ class DistributedMixin:
 
     def load_best(self, path):
         """Global rank 0 reads the checkpoint; the weights reach every other rank by broadcast."""
-        from recbole_gflowgr.compat import trusted_torch_load
+        from recbole_gflowgr.foundation.compat import trusted_torch_load
 
         other = [None]
         if is_main(self.config):
@@ -291,6 +291,6 @@ class DistributedMixin:
 
 def trainer_class(cls, config):
     """``cls`` itself for a single process, else ``cls`` with :class:`DistributedMixin` in front."""
-    from recbole_gflowgr.trainer import with_mixin
+    from recbole_gflowgr.trainer.base import with_mixin
 
     return cls if config["single_spec"] else with_mixin(DistributedMixin, cls)

@@ -6,11 +6,11 @@ import uuid
 import torch
 from recbole.trainer import Trainer
 
-from recbole_gflowgr.compat import trusted_checkpoints
-from recbole_gflowgr.errors import ConfigError
-from recbole_gflowgr.numerics import NumericsMixin
-from recbole_gflowgr.resume import ResumeMixin
-from recbole_gflowgr.schedule import Schedule, schedule_config
+from recbole_gflowgr.foundation.compat import trusted_checkpoints
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.trainer.numerics import NumericsMixin
+from recbole_gflowgr.trainer.resume import ResumeMixin
+from recbole_gflowgr.trainer.schedule import Schedule, schedule_config
 
 
 class TrainerMixin(ResumeMixin, NumericsMixin):
