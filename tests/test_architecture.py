@@ -93,3 +93,19 @@ def test_imports_go_down_the_layers():
 def test_no_module_over_400_lines():
     long = {m: n for m, path in modules().items() if (n := len(open(path).read().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_trainer_stack_is_flat():
+    """At most 3 classes between RecBole's ``Trainer`` and any method's trainer (in a single-process run)."""
+    from recbole.trainer import Trainer
+    from recbole.utils import ModelType
+
+    from recbole_gflowgr.finetune import METHODS, get_finetune_trainer
+    from recbole_gflowgr.registry import get_trainer
+
+    classes = {name: get_finetune_trainer(name) for name in METHODS}
+    classes["SASRec"] = get_trainer(ModelType.SEQUENTIAL, "SASRec")
+    between = {name: cls.__mro__.index(Trainer) - 1 for name, cls in classes.items()}
+    # GRTrainer -> TrainerMixin; GFlowGRTrainer -> GRTrainer -> ...; the baselines -> BaselineTrainer -> GRTrainer -> ...
+    assert between == {"sft": 1, "sft-continued": 1, "gflowgr-tb": 2, "gflowgr-db": 2, "gflowgr-subtb": 2, "dpo": 3,
+                       "s-dpo": 3, "sprec": 3, "ipa": 3, "ppo": 3, "grpo": 3, "SASRec": 1}

@@ -102,10 +102,10 @@ def test_log_z_beyond_the_bound_warns_once_per_epoch_and_non_finite_stops():
 
 def nan_from_epoch(monkeypatch, epoch, target):
     """``target`` (class, method name) returns NaN from training epoch ``epoch`` on."""
-    from recbole_gflowgr.trainer.resume import ResumeMixin
+    from recbole_gflowgr.trainer.base import TrainerMixin
 
     state = {"epoch": -1}
-    train_epoch = ResumeMixin._train_epoch
+    train_epoch = TrainerMixin._train_epoch
 
     def tracking(self, train_data, epoch_idx, *args, **kwargs):
         state["epoch"] = epoch_idx
@@ -120,7 +120,7 @@ def nan_from_epoch(monkeypatch, epoch, target):
             return tuple(o * math.nan for o in out) if isinstance(out, tuple) else out * math.nan
         return out
 
-    monkeypatch.setattr(ResumeMixin, "_train_epoch", tracking)
+    monkeypatch.setattr(TrainerMixin, "_train_epoch", tracking)
     monkeypatch.setattr(cls, name, poisoned)
 
 
