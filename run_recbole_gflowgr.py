@@ -21,7 +21,7 @@ def main(argv=None):
         parser.error(f"unrecognised argument(s) {' '.join(bad)}: config keys are given as --key=value")
     files = args.config_files.replace(",", " ").split() if args.config_files else None
 
-    from recbole_gflowgr.errors import GFlowGRError
+    from recbole_gflowgr.foundation.errors import GFlowGRError
     from recbole_gflowgr.quick_start import run
 
     try:

@@ -1,6 +1,6 @@
 """Thin setup.py: the metadata is in pyproject.toml. This file only puts the repo's ``properties/*.yaml`` (overall,
 datasets, demo, ...) into the package, beside ``recbole_gflowgr/properties/{model,finetune,tokenizer}``, where an
-installed recbole_gflowgr reads them (``data/registry.py`` REPO_PROPERTIES)."""
+installed recbole_gflowgr reads them (``foundation/paths.py`` REPO_PROPERTIES)."""
 import glob
 import os
 import shutil

@@ -33,11 +33,11 @@ N_ITEMS = 12101  # amazon-beauty
 def synthetic_export(path, n_items, seed=0):
     """Write a synthetic TIGER export (default backbone, random weights, random IDs of ``n_items``) to ``path``."""
     from recbole_gflowgr.export import make_export
+    from recbole_gflowgr.foundation.utils import atomic_save
     from recbole_gflowgr.quick_start import load_config
     from recbole_gflowgr.recommend import build_model
-    from recbole_gflowgr.results import plain_config
     from recbole_gflowgr.tokenizer.semantic_ids import disambiguate
-    from recbole_gflowgr.utils import atomic_save
+    from recbole_gflowgr.trainer.results import plain_config
 
     config = plain_config(load_config("TIGER", "amazon-beauty", cmd_args=["--show_progress=False"]))
     rng = np.random.default_rng(seed)

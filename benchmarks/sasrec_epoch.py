@@ -1,7 +1,7 @@
 """RecBole SASRec training speed on CPU, before / after our fix of RecBole's global anomaly detection.
 
 Importing any RecBole sequential model imports ``sine.py``, which calls ``torch.autograd.set_detect_anomaly(True)``
-(see ``recbole_gflowgr/compat.py``). This script trains RecBole's SASRec (RecBole defaults, CE loss) on ml-100k
+(see ``recbole_gflowgr/foundation/compat.py``). This script trains RecBole's SASRec (RecBole defaults, CE loss) on ml-100k
 for one epoch with anomaly detection on (RecBole as shipped) and off (with recbole_gflowgr), same data, same
 process, and prints both epoch times and the ratio.
 

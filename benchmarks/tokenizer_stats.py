@@ -24,7 +24,7 @@ sys.path.insert(0, REPO)
 
 from recbole_gflowgr.data import prepare_dataset  # noqa: E402
 from recbole_gflowgr.data.registry import require_dataset_spec  # noqa: E402
-from recbole_gflowgr.results import git_commit  # noqa: E402
+from recbole_gflowgr.trainer.results import git_commit  # noqa: E402
 from recbole_gflowgr.tokenizer import (code_stats, get_semantic_ids, load_tokenizer_config,  # noqa: E402
                                        parse_index_json)
 from recbole_gflowgr.tokenizer.embeddings import item_text_embeddings, load_item_texts  # noqa: E402
@@ -34,7 +34,10 @@ ORDER = {"rqvae": 0, "letter": 1, "letter-published": 2}
 
 
 def our_row(dataset, tokenizer, args):
-    ids = get_semantic_ids(dataset, tokenizer, args.data_path, {"seed": args.seed}, args.device)
+    from recbole_gflowgr.quick_start import sasrec_item_embeddings  # LETTER's collaborative embeddings
+
+    ids = get_semantic_ids(dataset, tokenizer, args.data_path, {"seed": args.seed}, args.device,
+                           cf_embeddings=sasrec_item_embeddings)
     s = ids.stats
     semantic = s["levels"][:-1]
     return {"dataset": dataset, "tokenizer": tokenizer, "n_items": s["n_items"], "levels": len(semantic),
@@ -155,7 +158,7 @@ def main(argv=None):
             start = time.time()
             try:
                 rows[(dataset, tokenizer)] = dict(our_row(dataset, tokenizer, args), **floor)
-            except ImportError as e:  # recbole_gflowgr.collaborative (SASRec embeddings) not there yet
+            except ImportError as e:  # the collaborative SASRec's embeddings not there yet
                 pending.append(f"{dataset} {tokenizer}: pending ({e})")
                 continue
             logging.info(f"{dataset} {tokenizer}: done in {time.time() - start:.0f} s")

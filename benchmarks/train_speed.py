@@ -48,7 +48,7 @@ from recbole_gflowgr.quick_start import load_config, prepare_data  # noqa: E402
 from recbole_gflowgr.registry import get_model  # noqa: E402
 
 
-def random_ids(config, tokenizer):
+def random_ids(config, tokenizer, cf_embeddings=None):
     path = os.path.join(config["data_path"], f"{config['dataset']}.item")
     with open(path, encoding="utf-8") as f:
         items = [line.split("\t", 1)[0] for line in f][1:]
@@ -143,7 +143,7 @@ def build(dataset, files, n_aug, n_batches):
 def gflowgr_step(config, model, train_data, n_batches):
     from recbole.model.sequential_recommender import SASRec
 
-    from recbole_gflowgr.collaborative import CollaborativeScorer
+    from recbole_gflowgr.model.collaborative import CollaborativeScorer
     from recbole_gflowgr.finetune.gflowgr.trainer import GFlowGRTrainer
 
     cm_config = load_config("SASRec", config["dataset"], config_dict={"show_progress": False})
@@ -282,7 +282,7 @@ def detailed(args):
 
     from recbole.model.sequential_recommender import SASRec
 
-    from recbole_gflowgr.collaborative import CollaborativeScorer
+    from recbole_gflowgr.model.collaborative import CollaborativeScorer
     from recbole_gflowgr.finetune.gflowgr.trainer import GFlowGRTrainer
 
     cm_config = load_config("SASRec", args.dataset, config_dict={"show_progress": False})

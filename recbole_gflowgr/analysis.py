@@ -15,9 +15,9 @@ import sys
 
 import numpy as np
 
-from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.experiments import done_cells, expand, load_grid, plain_key
-from recbole_gflowgr.results import METRIC_KEYS
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.trainer.results import METRIC_KEYS
 
 
 def grid_rows(grid, results_dir="results", finished=None):
@@ -26,10 +26,20 @@ def grid_rows(grid, results_dir="results", finished=None):
     return [(cell, finished.get(cell.key)) for cell in expand(grid)]
 
 
+def paired_p(a, b):
+    """Two-sided paired t-test p-value of a vs b (same seeds); None with < 2 pairs or zero variance."""
+    from scipy import stats
+
+    if len(a) < 2:
+        return None
+    diff = np.asarray(a) - np.asarray(b)
+    if np.allclose(diff, diff[0]):
+        return 0.0 if diff[0] != 0 else None
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
 def delta_vs_plain(pairs):
     """'+0.0012 (p=0.34)' for [(variant value, plain value)] over common seeds; p from a paired t-test (2+ seeds)."""
-    from recbole_gflowgr.leaderboard import paired_p
-
     if not pairs:
         return "—"
     ours, plain = zip(*pairs)

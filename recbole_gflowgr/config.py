@@ -10,9 +10,10 @@ import os
 
 from recbole.config import Config as RecBoleConfig
 
-from recbole_gflowgr import compat
-from recbole_gflowgr.data.registry import REPO_PROPERTIES, get_dataset_spec
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.data.registry import get_dataset_spec
+from recbole_gflowgr.foundation import compat
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.foundation.paths import REPO_PROPERTIES
 from recbole_gflowgr.registry import OUR_MODELS
 
 PROPERTIES = REPO_PROPERTIES
@@ -80,7 +81,7 @@ class Config(RecBoleConfig):
     def _init_device(self):
         """RecBole's, except that a process of a multi-process run without a usable GPU joins a gloo group on the
         CPU (RecBole hardcodes NCCL and CUDA; see ``distributed.py``)."""
-        from recbole_gflowgr import distributed
+        from recbole_gflowgr.trainer import distributed
 
         if "local_rank" in self.final_config_dict and not distributed.uses_gpu(self.final_config_dict):
             distributed.join_cpu_group(self, super()._init_device)
@@ -88,7 +89,7 @@ class Config(RecBoleConfig):
             super()._init_device()
 
     def _set_default_parameters(self):
-        from recbole_gflowgr.validation import validate
+        from recbole_gflowgr.foundation.validation import validate
 
         # every key typed and range-checked (validation.py) before RecBole's own checks, conversion or training
         validate(self.final_config_dict, given=self.external_config_dict, model=self.model)

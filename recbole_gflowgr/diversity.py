@@ -9,7 +9,7 @@ Per model (a checkpoint of a run; with --methods, that of the newest row of each
 * generation probabilities ``p = exp(log P(item ID | history))`` of the K generated items of every test user, pooled:
   their std, and ``KL(P_hist || N)`` — the pooled values in 50 equal-width bins against a normal distribution with
   the same mean and std, discretised on the same bins (lower: a smoother, less peaked generation distribution);
-* the collaborative model's normalised score (in [0, 1] per user, see collaborative.py) of the recommended items:
+* the collaborative model's normalised score (in [0, 1] per user, see model/collaborative.py) of the recommended items:
   mean, range (max − min) and std;
 * RecBole's own ItemCoverage, AveragePopularity, GiniIndex and TailPercentage (``tail_ratio`` 0.1) @K, and the
   accuracy metrics, from RecBole's evaluator on the same lists;
@@ -26,9 +26,9 @@ import time
 import numpy as np
 import torch
 
-from recbole_gflowgr.compat import trusted_torch_load
-from recbole_gflowgr.errors import ConfigError
-from recbole_gflowgr.results import read_rows
+from recbole_gflowgr.foundation.compat import trusted_torch_load
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.trainer.results import read_rows
 
 DIVERSITY_METRICS = ["ItemCoverage", "AveragePopularity", "GiniIndex", "TailPercentage"]
 
@@ -52,8 +52,8 @@ def kl_to_normal(values, bins=50):
 def load_run(path, k):
     """(config, model, train_data, test_data) of a RecBole checkpoint of a TIGER/LETTER run, rebuilt from its
     config; fine-tuning heads in the checkpoint are ignored."""
-    from recbole_gflowgr.quick_start import FINETUNE_HEADS, prepare_data
-    from recbole_gflowgr.registry import OUR_MODELS, get_model
+    from recbole_gflowgr.quick_start import FINETUNE_HEADS, build_model, prepare_data
+    from recbole_gflowgr.registry import OUR_MODELS
 
     if not os.path.isfile(path):
         raise ConfigError(f"checkpoint {path} does not exist; run the model first (its row names its checkpoint)")
@@ -67,7 +67,7 @@ def load_run(path, k):
     config["device"] = torch.device("cpu")
     config["show_progress"] = False
     dataset, (train_data, _, test_data) = prepare_data(config)
-    model = get_model(config["model"])(config, train_data._dataset)
+    model = build_model(config, train_data._dataset)
     missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
     unexpected = [u for u in unexpected if not u.startswith(FINETUNE_HEADS)]
     if missing or unexpected:
@@ -79,8 +79,8 @@ def load_run(path, k):
 @torch.no_grad()
 def analyse(path, k=10, scorer=None):
     """The statistics of one checkpoint, plus the pooled generation probabilities under ``"probs"``."""
-    from recbole_gflowgr.collaborative import load_scorer
     from recbole_gflowgr.data import dataset_settings
+    from recbole_gflowgr.quick_start import load_scorer
     from recbole_gflowgr.registry import get_trainer
 
     config, model, train_data, test_data = load_run(path, k)
@@ -191,7 +191,7 @@ def main(argv=None):
                                           [m for m in args.methods.split(",") if m], args.seed)
         else:
             raise ConfigError("give --dataset (with --model/--methods/--seed) or --checkpoints")
-        from recbole_gflowgr.results import device_name, git_commit
+        from recbole_gflowgr.trainer.results import device_name, git_commit
 
         commit, all_stats = git_commit(), []
         for path in paths:

@@ -31,10 +31,10 @@ import time
 import yaml
 from tqdm import tqdm
 
-from recbole_gflowgr.data.registry import REPO_ROOT
-from recbole_gflowgr.errors import ConfigError
-from recbole_gflowgr.results import read_rows
-from recbole_gflowgr.utils import take_pid_file
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.foundation.paths import REPO_ROOT
+from recbole_gflowgr.foundation.utils import take_pid_file
+from recbole_gflowgr.trainer.results import read_rows
 
 GRID_KEYS = {"name", "title", "datasets", "models", "finetunes", "baselines", "seeds", "config_files",
              "baseline_config_files", "config", "variants", "sweep"}
@@ -134,7 +134,7 @@ def _cell(grid, dataset, model, finetune, seed, variant, overrides):
         defaults = _defaults(dataset, model, finetune, tuple(files))
         overrides = {k: v for k, v in overrides.items() if k not in defaults or defaults[k] != v}
     if finetune == "sft" and model in OUR_MODELS:  # SFT ignores fine-tuning variants: one shared SFT cell
-        from recbole_gflowgr.results import backbone_keys
+        from recbole_gflowgr.trainer.results import backbone_keys
 
         backbone = backbone_keys(overrides)
         if backbone != overrides:

@@ -27,8 +27,8 @@ import os
 
 import torch
 
-from recbole_gflowgr.errors import GFlowGRError
-from recbole_gflowgr.utils import atomic_save
+from recbole_gflowgr.foundation.errors import GFlowGRError
+from recbole_gflowgr.foundation.utils import atomic_save
 
 EXPORT_FORMAT = "recbole_gflowgr.export"
 EXPORT_VERSION = 1
@@ -84,8 +84,8 @@ def _tokenizer_part(folder, data_path, dataset):
 def make_export(model, config, item_tokens, item_titles, tokenizer, user_tokens=None, extra=None):
     """The checkpoint dict of ``model`` (a TIGER/LETTER) with plain ``config``; ``item_tokens``/``item_titles``
     aligned with RecBole's internal item ids."""
+    from recbole_gflowgr.finetune import FINETUNE_HEADS
     from recbole_gflowgr.model.tiger import N_SPECIAL
-    from recbole_gflowgr.quick_start import FINETUNE_HEADS
 
     sizes = list(model.level_sizes)
     offsets = torch.tensor([N_SPECIAL + sum(sizes[:lv]) for lv in range(len(sizes))])
@@ -102,7 +102,7 @@ def make_export(model, config, item_tokens, item_titles, tokenizer, user_tokens=
 def export_checkpoint(model, config, dataset, path):
     """Write the self-contained checkpoint of a trained TIGER/LETTER ``model`` (RecBole ``config`` and ``dataset``
     of its run) to ``path``; returns ``path``."""
-    from recbole_gflowgr.results import plain_config
+    from recbole_gflowgr.trainer.results import plain_config
 
     plain = plain_config(config)
     name, data_path = config["dataset"], config["data_path"]

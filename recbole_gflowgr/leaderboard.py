@@ -22,7 +22,8 @@ import os
 
 import numpy as np
 
-from recbole_gflowgr.results import METRIC_KEYS, read_rows
+from recbole_gflowgr.analysis import paired_p, variant_table
+from recbole_gflowgr.trainer.results import METRIC_KEYS, read_rows
 
 CONTROL = "sft-continued"  # finetune/__init__.py: every fine-tuning method's control
 
@@ -52,18 +53,6 @@ def group_rows(rows):
         key = (row["dataset"], row["model"], row["finetune"], row.get("config_hash", ""))
         groups.setdefault(key, {})[row["seed"]] = row
     return groups
-
-
-def paired_p(a, b):
-    """Two-sided paired t-test p-value of a vs b (same seeds); None with < 2 pairs or zero variance."""
-    from scipy import stats
-
-    if len(a) < 2:
-        return None
-    diff = np.asarray(a) - np.asarray(b)
-    if np.allclose(diff, diff[0]):
-        return 0.0 if diff[0] != 0 else None
-    return float(stats.ttest_rel(a, b).pvalue)
 
 
 def summarise(rows):
@@ -160,9 +149,8 @@ DEFAULT_GRIDS = ("properties/experiments/ablation.yaml", "properties/experiments
 
 def grid_sections(paths, results_dir):
     """(markdown sections, names of their grids) for the grid files ``paths`` that exist."""
-    from recbole_gflowgr.analysis import variant_table
-    from recbole_gflowgr.data.registry import REPO_ROOT
     from recbole_gflowgr.experiments import load_grid
+    from recbole_gflowgr.foundation.paths import REPO_ROOT
 
     sections, names = [], set()
     for path in paths:

@@ -12,7 +12,7 @@ collision group of the training catalog), so a new item needing more is refused 
 import numpy as np
 import torch
 
-from recbole_gflowgr.errors import GFlowGRError
+from recbole_gflowgr.foundation.errors import GFlowGRError
 
 
 class NewItemError(GFlowGRError):

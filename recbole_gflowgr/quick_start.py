@@ -1,5 +1,13 @@
 """``run``: one training + evaluation run through RecBole, ending in a result row. Never imports
-``recbole.quick_start`` (it imports ray)."""
+``recbole.quick_start`` (it imports ray).
+
+The runtime's caches live here too, as ``run`` trains what they miss: the SFT checkpoint a fine-tuning run starts
+from (:func:`sft_checkpoint`) and GFlowGR's collaborative model (CM, §3: RecBole's SASRec with
+``properties/collaborative.yaml``, :func:`cm_checkpoint`), whose scorer the fine-tuning trainers get
+(:func:`load_scorer`) and whose item embeddings LETTER's tokenizer gets (:func:`sasrec_item_embeddings`), both as
+arguments: the model, tokenizer and trainer code never calls ``run``.
+"""
+import json
 import logging
 import os
 import shutil
@@ -7,21 +15,24 @@ import sys
 import time
 from logging import getLogger
 
+import numpy as np
 import torch
 
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_gflowgr.resume import read_checkpoint
-from recbole_gflowgr import distributed
-from recbole_gflowgr.config import Config
+from recbole_gflowgr.config import PROPERTIES, Config
 from recbole_gflowgr.data import dataset_settings, prepare_dataset
-from recbole_gflowgr.errors import ConfigError
-from recbole_gflowgr.finetune import get_finetune_trainer
+from recbole_gflowgr.foundation.compat import trusted_torch_load
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.trainer import distributed
+from recbole_gflowgr.finetune import FINETUNE_HEADS, get_finetune_trainer  # noqa: F401 (FINETUNE_HEADS: old home)
+from recbole_gflowgr.foundation.utils import atomic_file, training_lock
+from recbole_gflowgr.foundation.validation import check_catalogue
+from recbole_gflowgr.model.collaborative import CollaborativeScorer
 from recbole_gflowgr.registry import OUR_MODELS, get_model, get_trainer
-from recbole_gflowgr.results import append_row, backbone_keys, git_commit, make_row
-from recbole_gflowgr.utils import atomic_file, training_lock
-from recbole_gflowgr.validation import check_catalogue
+from recbole_gflowgr.trainer.results import append_row, backbone_keys, config_hash, git_commit, make_row, plain_config
+from recbole_gflowgr.trainer.resume import read_checkpoint
 
 
 def load_config(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=()):
@@ -36,15 +47,31 @@ def prepare_data(config, logger=None):
     return dataset, data_preparation(config, dataset)
 
 
-FINETUNE_HEADS = ("gflow_heads.", "ppo_value_head.")  # state-dict prefixes of heads that fine-tuning adds
+def build_model(config, dataset):
+    """RecBole's ``model_class(config, dataset)``; our generative models get the CM's item embeddings (LETTER's
+    tokenizer needs them) through ``dataset.cf_embeddings`` (read by ``TIGER._semantic_ids``)."""
+    if config["model"] in OUR_MODELS:
+        dataset.cf_embeddings = sasrec_item_embeddings
+    return get_model(config["model"])(config, dataset)
+
+
+def prepare_caches(config):
+    """What every process of a multi-process run would otherwise build concurrently: RecBole's folders (its
+    ``ensure_dir`` races), the converted dataset, the semantic IDs."""
+    for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
+        os.makedirs(folder, exist_ok=True)
+    prepare_dataset(config["dataset"], config["data_path"], config["source_path"], config["source_prefix"])
+    if config["model"] in OUR_MODELS:
+        from recbole_gflowgr.model import tiger
+
+        tiger.fetch_semantic_ids(config, config["tokenizer"] or get_model(config["model"]).default_tokenizer,
+                                 cf_embeddings=sasrec_item_embeddings)
 
 
 def sft_cache_path(config):
     """``<checkpoint_dir>/sft/<dataset>-<model>-<hash>.pth``: the hash covers every config key except the
     fine-tuning ones, so every fine-tuning run of the same backbone config and seed shares one SFT checkpoint (the
     seed is in: fine-tuning with seed 43 starts from the SFT run of seed 43, so rows pair by seed)."""
-    from recbole_gflowgr.results import config_hash, plain_config
-
     from recbole_gflowgr.model.tiger import fetch_semantic_ids
 
     plain = backbone_keys(plain_config(config))
@@ -53,7 +80,8 @@ def sft_cache_path(config):
     # tokenizer change that leaves a dataset's IDs as they were keeps its checkpoints
     model_class = get_model(config["model"])
     prepare_dataset(config["dataset"], config["data_path"], config["source_path"], config["source_prefix"])
-    plain["semantic_ids"] = fetch_semantic_ids(config, config["tokenizer"] or model_class.default_tokenizer).digest()
+    plain["semantic_ids"] = fetch_semantic_ids(config, config["tokenizer"] or model_class.default_tokenizer,
+                                               cf_embeddings=sasrec_item_embeddings).digest()
     return os.path.join(config["checkpoint_dir"], "sft", f"{config['dataset']}-{config['model']}-{config_hash(plain)}.pth")
 
 
@@ -129,7 +157,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         config["epochs"] = config["finetune_epochs"]
         config["learning_rate"] = config["finetune_learning_rate"]
     if distributed.launching(config):  # --nproc > 1 or a world_size: start the processes, each runs this run()
-        return distributed.launch(run, config, model, dataset, config_file_list, config_dict, cmd_args, saved, pretrained)
+        return distributed.launch(run, config, model, dataset, config_file_list, config_dict, cmd_args, saved,
+                                  pretrained, prepare_caches)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -140,13 +169,14 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     logger.info(dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model = build_model(config, train_data._dataset).to(config["device"])
     if pretrained:
         load_pretrained(model, pretrained, config)
         logger.info(f"fine-tuning ({config['finetune']}) starts from {pretrained}")
     logger.info(model)
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"], config)
     trainer = distributed.trainer_class(trainer_class, config)(config, model)
+    trainer.scorer_loader = load_scorer  # the CM's scorer, for the methods that reward with it (finetune/common.py)
     if config["resume"]:
         trainer.resume_last()  # resume.py: continue from this run's last checkpoint, if any
 
@@ -182,3 +212,81 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     logger.info(f"result row appended to {path}")
     trainer.discard_last()  # the row is written: nothing left to resume
     return row
+
+
+# ----- the collaborative model (GFlowGR §3): trained once per dataset through run(), then cached -------------
+CM_CONFIG = os.path.join(PROPERTIES, "collaborative.yaml")
+
+
+def _settings(data_path):
+    """``data_path``: the root of the converted datasets, or the parent's :func:`dataset_settings` dict."""
+    return dict(data_path) if isinstance(data_path, dict) else {"data_path": data_path}
+
+
+def _cm_config(dataset, data_path="dataset", config_dict=None):
+    overrides = {**_settings(data_path), "show_progress": False, **(config_dict or {})}
+    return load_config("SASRec", dataset, config_file_list=[CM_CONFIG], config_dict=overrides)
+
+
+def cm_cache_path(config):
+    """``<checkpoint_dir>/collaborative/<dataset>-SASRec-<config hash>.pth``."""
+    folder = os.path.join(config["checkpoint_dir"], "collaborative")
+    return os.path.join(folder, f"{config['dataset']}-SASRec-{config_hash(plain_config(config))}.pth")
+
+
+def cm_checkpoint(dataset, data_path="dataset", config_dict=None):
+    """Path of the trained CM checkpoint for ``dataset`` (trained now if not cached; concurrent callers wait for
+    the one that trains). ``data_path``: a root folder or the parent run's ``dataset_settings(config)`` (what every
+    caller inside a run passes, so that the CM sees the same source as its parent)."""
+    config = _cm_config(dataset, data_path, config_dict)
+    path = cm_cache_path(config)
+    if os.path.isfile(path):
+        return path
+    with training_lock(path):
+        if not os.path.isfile(path):  # another process may have finished it while we waited
+            _train_cm(dataset, data_path, config_dict, path)
+    return path
+
+
+def _train_cm(dataset, data_path, config_dict, path):
+    # resume: an interrupted CM training (hours on CPU for yelp) continues from its last epoch's checkpoint
+    # its row is labelled "cm" (not part of config_hash) so the leaderboard tells it from Table 1's SASRec cells,
+    # which train with RecBole's defaults (up to 300 epochs) rather than collaborative.yaml's 50
+    overrides = {**_settings(data_path), "show_progress": False, "resume": True, "experiment_variant": "cm",
+                 **(config_dict or {})}
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        row = run("SASRec", dataset, config_file_list=[CM_CONFIG], config_dict=overrides)
+    finally:  # run() points the logger at the CM's own log file: give the caller's run its log back
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+    with atomic_file(path) as tmp:
+        shutil.copyfile(row["checkpoint"], tmp)
+    with open(path[:-4] + ".json", "w") as f:
+        json.dump({k: row[k] for k in ("valid", "test", "wall_s", "device", "commit", "config_hash")}, f, indent=1)
+    getLogger().info(f"collaborative model cached at {path}")
+
+
+def load_scorer(dataset, data_path="dataset", device="cpu", config_dict=None, recbole_dataset=None):
+    """Train (if needed) and load the CM of ``dataset``; ``recbole_dataset`` avoids rebuilding RecBole's dataset."""
+    path = cm_checkpoint(dataset, data_path, config_dict)
+    if recbole_dataset is None:
+        recbole_dataset, _ = prepare_data(_cm_config(dataset, data_path, config_dict))
+    return CollaborativeScorer.from_checkpoint(path, recbole_dataset, device)
+
+
+def sasrec_item_embeddings(dataset, data_root="dataset", device="cpu", config_dict=None):
+    """(item tokens, (n, d) float32 array): the CM's item embeddings for every real item (padding dropped);
+    ``data_root`` as ``data_path`` of :func:`cm_checkpoint`."""
+    config = _cm_config(dataset, data_root, config_dict)
+    path = cm_checkpoint(dataset, data_root, config_dict)
+    prepare_dataset(config["dataset"], config["data_path"], config["source_path"], config["source_prefix"])
+    recbole_dataset = create_dataset(config)
+    weight = trusted_torch_load(path, map_location=device)["state_dict"]["item_embedding.weight"]  # (n_items, d)
+    ids = np.arange(1, weight.shape[0])
+    tokens = [str(t) for t in recbole_dataset.id2token(recbole_dataset.iid_field, ids)]
+    return tokens, weight[1:].float().cpu().numpy()

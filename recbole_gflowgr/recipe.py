@@ -14,8 +14,8 @@ import os
 import sys
 
 from recbole_gflowgr.analysis import grid_rows
-from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.experiments import load_grid
+from recbole_gflowgr.foundation.errors import ConfigError
 
 METRIC = "ndcg@10"
 HEAD = ["dataset", "model", "recipe", "lr", "schedule", "warmup", "batch", "backbone", f"valid {METRIC}",

@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from recbole_gflowgr.errors import GFlowGRError
+from recbole_gflowgr.foundation.errors import GFlowGRError
 
 
 class UnknownItemError(GFlowGRError):
@@ -44,8 +44,8 @@ class _Catalog:
 def build_model(export, device="cpu"):
     """The TIGER/LETTER nn.Module of an export dict (weights loaded, eval mode) on ``device``; an export without
     ``state_dict`` gives randomly initialised weights (benchmarks)."""
-    from recbole_gflowgr.errors import ConfigError
-    from recbole_gflowgr.registry import OUR_MODELS, get_model
+    from recbole_gflowgr.foundation.errors import ConfigError
+    from recbole_gflowgr.model import OUR_MODELS, get_model
 
     if export["model"] not in OUR_MODELS:
         raise ConfigError(f"checkpoint model '{export['model']}': only {', '.join(OUR_MODELS)} can be rebuilt")
@@ -132,7 +132,7 @@ class Recommender:
         ``users``: optional user tokens (models trained with ``user_id_buckets`` > 0; unknown -> RecBole's padding
         user). ``progress``: optional callable(n_done) after each batch."""
         if not isinstance(k, int) or k < 1:
-            from recbole_gflowgr.errors import ConfigError
+            from recbole_gflowgr.foundation.errors import ConfigError
 
             raise ConfigError(f"k={k}: give a positive integer number of recommendations")
         ids, _ = self._item_ids(histories, skip_unknown)
@@ -201,7 +201,7 @@ def _read_histories(path):
 
 
 def _write_jsonl(rows, path):
-    from recbole_gflowgr.utils import atomic_file
+    from recbole_gflowgr.foundation.utils import atomic_file
 
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -36,11 +36,13 @@ def main(argv=None):
     overrides.update({k: v for k, v in dataset_settings(vars(args), args.data_path).items() if k != "data_path"})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    from recbole_gflowgr.errors import GFlowGRError
+    from recbole_gflowgr.foundation.errors import GFlowGRError
+    from recbole_gflowgr.quick_start import sasrec_item_embeddings  # LETTER's: the collaborative SASRec's
     from recbole_gflowgr.tokenizer import get_semantic_ids
 
     try:
-        ids = get_semantic_ids(args.dataset, args.tokenizer, args.data_path, overrides, args.device)
+        ids = get_semantic_ids(args.dataset, args.tokenizer, args.data_path, overrides, args.device,
+                               cf_embeddings=sasrec_item_embeddings)
     except GFlowGRError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ TINY_GR = ["--d_model=16", "--d_kv=8", "--num_heads=2", "--d_ff=32", "--num_enco
            "--results_dir=res", "--epochs=1", "--finetune_epochs=1", "--beam_size=10"]
 
 
-def fake_semantic_ids(config, tokenizer, levels=(4, 4)):
+def fake_semantic_ids(config, tokenizer, levels=(4, 4), cf_embeddings=None):
     """Random distinct 3-token IDs (2 code levels + a disambiguation level) for the items of the converted dataset."""
     name = config["dataset"]
     items = pd.read_csv(f"{config['data_path']}/{name}.item", sep="\t", dtype=str, usecols=[0]).iloc[:, 0].tolist()
@@ -50,10 +50,10 @@ def with_args(base, extra):
 
 def patch_gr(monkeypatch):
     """Stand-in tokenizer and collaborative model: these tests are about the backbone and trainers."""
-    import recbole_gflowgr.collaborative as collaborative
     import recbole_gflowgr.model.tiger as tiger
+    import recbole_gflowgr.quick_start as quick_start
 
     monkeypatch.setattr(tiger, "fetch_semantic_ids", fake_semantic_ids)
-    monkeypatch.setattr(collaborative, "load_scorer", fake_load_scorer)
+    monkeypatch.setattr(quick_start, "load_scorer", fake_load_scorer)
     src, _, _ = tiny_letter(n_users=60, n_items=30, seq_len=7)
     return [f"--source_path={src}", "--dataset=tiny"]

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
 
 from conftest import REPO
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.finetune.common import (
     disable_dropout, pair_loss, policy_and_reference, policy_samples, preference_loss, sample_items, top_items,
     uniform_negatives,

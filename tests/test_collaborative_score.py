@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from recbole_gflowgr.collaborative import CollaborativeScorer, rank_percentile
+from recbole_gflowgr.model.collaborative import CollaborativeScorer, rank_percentile
 
 
 class StubSASRec(nn.Module):

@@ -7,8 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
-from recbole_gflowgr import validation
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation import validation
+from recbole_gflowgr.foundation.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = validation.schema()

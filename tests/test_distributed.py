@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from gr_helpers import TINY_GR, fake_load_scorer, fake_semantic_ids, patch_gr, with_args
-from recbole_gflowgr import distributed
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.quick_start import run
+from recbole_gflowgr.trainer import distributed
 
 TOL = 1e-4
 EXACT = ["--train_batch_size=256", "--dropout_rate=0", "--epochs=2", "--finetune_epochs=1", "--learner=sgd",
@@ -28,12 +28,12 @@ EXACT = ["--train_batch_size=256", "--dropout_rate=0", "--epochs=2", "--finetune
 
 def stand_ins():
     """Run first in every started process: monkeypatch does not cross process boundaries."""
-    import recbole_gflowgr.collaborative as collaborative
     import recbole_gflowgr.model.tiger as tiger
+    import recbole_gflowgr.quick_start as quick_start
 
     torch.set_num_threads(1)
     tiger.fetch_semantic_ids = fake_semantic_ids
-    collaborative.load_scorer = fake_load_scorer
+    quick_start.load_scorer = fake_load_scorer
 
 
 @pytest.fixture

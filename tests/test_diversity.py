@@ -8,7 +8,7 @@ import pytest
 import run_recbole_gflowgr
 from gr_helpers import TINY_GR, FakeScorer, patch_gr
 from recbole_gflowgr import diversity
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
 
 
 def test_kl_to_normal_is_small_for_normal_samples_and_large_for_a_two_peak_sample():

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from recbole_gflowgr import analysis, experiments
-from recbole_gflowgr.errors import ConfigError
-from recbole_gflowgr.results import append_row, read_rows
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.trainer.results import append_row, read_rows
 from test_foundation import tiny_letter
 
 

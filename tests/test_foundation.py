@@ -10,7 +10,7 @@ import torch
 
 from conftest import REPO, shared_dataset
 from recbole_gflowgr.data import prepare_dataset, read_item_text
-from recbole_gflowgr.errors import ConfigError, DatasetError
+from recbole_gflowgr.foundation.errors import ConfigError, DatasetError
 
 sys.path.insert(0, REPO)
 import run_recbole_gflowgr  # noqa: E402
@@ -223,7 +223,7 @@ def test_other_classic_models_run_through_the_same_entry_point(model):
 def test_training_lock_waits_for_a_live_owner_and_takes_over_a_stale_one(monkeypatch):
     import subprocess
 
-    from recbole_gflowgr import utils
+    from recbole_gflowgr.foundation import utils
 
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
     os.makedirs("cache", exist_ok=True)
@@ -241,20 +241,20 @@ def test_training_lock_waits_for_a_live_owner_and_takes_over_a_stale_one(monkeyp
 
 
 def test_collaborative_model_is_trained_once_then_loaded_and_scores_in_unit_range():
-    """train_or_load: the CM's first call trains RecBole's SASRec (with resume on, from scratch when there is no
+    """cm_checkpoint: the CM's first call trains RecBole's SASRec (with resume on, from scratch when there is no
     last checkpoint) and caches it; the second call only returns the cache; the scorer gives [0, 1] scores."""
-    from recbole_gflowgr.collaborative import load_scorer, train_or_load
+    from recbole_gflowgr.quick_start import cm_checkpoint, load_scorer
 
     src, _, _ = tiny_letter(n_users=60)
     args = {"source_path": src, "epochs": 1, "hidden_size": 16, "inner_size": 32, "train_batch_size": 64,
             "results_dir": "res"}
-    path = train_or_load("tiny", config_dict=args)
+    path = cm_checkpoint("tiny", config_dict=args)
     assert os.path.isfile(path) and path.startswith(os.path.join("saved", "collaborative", "tiny-SASRec-"))
     assert not [f for f in os.listdir("saved") if f.endswith("-last.pth")]  # the finished run left no resume file
     rows = [json.loads(line) for line in open(os.path.join("res", "tiny.jsonl"))]
     assert [(r["model"], r["experiment_variant"]) for r in rows] == [("SASRec", "cm")]  # told apart from Table 1's
     stamp = os.stat(path).st_mtime_ns
-    assert train_or_load("tiny", config_dict=args) == path and os.stat(path).st_mtime_ns == stamp
+    assert cm_checkpoint("tiny", config_dict=args) == path and os.stat(path).st_mtime_ns == stamp
     scorer = load_scorer("tiny", config_dict=args)
     seq = torch.tensor([[1, 2, 3, 0], [4, 0, 0, 0]])
     scores = scorer.score(seq, torch.tensor([3, 1]))  # (2, n_items)

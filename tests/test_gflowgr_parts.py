@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.finetune.gflowgr import (
     AdaptiveSampler, comprehensive_reward, detailed_balance, subtrajectory_balance, trajectory_balance,
     uncertainty_weights,

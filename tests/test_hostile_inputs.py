@@ -9,7 +9,7 @@ import torch
 import run_recbole_gflowgr
 from gr_helpers import TINY_GR, patch_gr
 from recbole_gflowgr.data import prepare_dataset, read_item_text
-from recbole_gflowgr.errors import DatasetError
+from recbole_gflowgr.foundation.errors import DatasetError
 from test_foundation import tiny_letter, write_letter
 
 

@@ -12,11 +12,11 @@ import torch
 
 import run_recbole_gflowgr
 from gr_helpers import TINY_GR, patch_gr, with_args
-from recbole_gflowgr.errors import TrainingError
+from recbole_gflowgr.foundation.errors import TrainingError
 from recbole_gflowgr.finetune.gflowgr import (
     comprehensive_reward, detailed_balance, subtrajectory_balance, trajectory_balance,
 )
-from recbole_gflowgr.numerics import check_log_z
+from recbole_gflowgr.trainer.numerics import check_log_z
 
 
 def rows(path="res/tiny.jsonl"):
@@ -102,10 +102,10 @@ def test_log_z_beyond_the_bound_warns_once_per_epoch_and_non_finite_stops():
 
 def nan_from_epoch(monkeypatch, epoch, target):
     """``target`` (class, method name) returns NaN from training epoch ``epoch`` on."""
-    from recbole_gflowgr.resume import ResumeMixin
+    from recbole_gflowgr.trainer.base import TrainerMixin
 
     state = {"epoch": -1}
-    train_epoch = ResumeMixin._train_epoch
+    train_epoch = TrainerMixin._train_epoch
 
     def tracking(self, train_data, epoch_idx, *args, **kwargs):
         state["epoch"] = epoch_idx
@@ -120,7 +120,7 @@ def nan_from_epoch(monkeypatch, epoch, target):
             return tuple(o * math.nan for o in out) if isinstance(out, tuple) else out * math.nan
         return out
 
-    monkeypatch.setattr(ResumeMixin, "_train_epoch", tracking)
+    monkeypatch.setattr(TrainerMixin, "_train_epoch", tracking)
     monkeypatch.setattr(cls, name, poisoned)
 
 

@@ -47,7 +47,7 @@ def fake_recipe_row(cell, valid, curve, best_epoch, stopped=True, **config):
 
 def test_recipe_table_and_plot_from_fake_rows():
     from recbole_gflowgr import recipe
-    from recbole_gflowgr.results import append_row
+    from recbole_gflowgr.trainer.results import append_row
 
     grid = experiments.load_grid(GRID)
     cells = {(c["model"], c["variant"]): c for c in experiments.expand(grid)}

@@ -12,9 +12,9 @@ import torch
 import run_recbole_gflowgr
 from conftest import REPO
 from gr_helpers import TINY_GR, patch_gr, with_args
-from recbole_gflowgr import resume
-from recbole_gflowgr.numerics import NumericsMixin
-from recbole_gflowgr.resume import ResumeMixin
+from recbole_gflowgr.foundation import utils
+from recbole_gflowgr.trainer import resume
+from recbole_gflowgr.trainer.base import TrainerMixin
 
 EPOCHS = ["--epochs=3", "--finetune_epochs=3", "--stopping_step=10"]
 
@@ -31,7 +31,7 @@ def rows(path="res/tiny.jsonl"):
 def kill_in_epoch(monkeypatch, epoch, finetune=None, after_batches=1):
     """The run dies in ``epoch`` after ``after_batches`` optimiser steps (weights in memory are then past the last
     checkpoint), only in the run whose ``finetune`` is given (default: any)."""
-    original, seen = NumericsMixin._check_nan, []
+    original, seen = TrainerMixin._check_nan, []
 
     def check(self, loss):
         if self.current_epoch == epoch and finetune in (None, self.config["finetune"]):
@@ -40,12 +40,12 @@ def kill_in_epoch(monkeypatch, epoch, finetune=None, after_batches=1):
                 raise Killed()
         return original(self, loss)
 
-    monkeypatch.setattr(NumericsMixin, "_check_nan", check)
+    monkeypatch.setattr(TrainerMixin, "_check_nan", check)
 
 
 def keep_last(monkeypatch):
     """Keep the last checkpoint after the row is written, to compare the final training state of two runs."""
-    monkeypatch.setattr(ResumeMixin, "discard_last", lambda self: None)
+    monkeypatch.setattr(TrainerMixin, "discard_last", lambda self: None)
 
 
 def last_file(folder, method="sft"):
@@ -121,8 +121,8 @@ def test_resume_after_training_ended_only_evaluates_the_best_checkpoint(monkeypa
     assert load(last_file("cut"))["resume"]["finished"]
     trained = []
     with monkeypatch.context() as m:
-        original = ResumeMixin._train_epoch
-        m.setattr(ResumeMixin, "_train_epoch", lambda self, *a, **k: trained.append(1) or original(self, *a, **k))
+        original = TrainerMixin._train_epoch
+        m.setattr(TrainerMixin, "_train_epoch", lambda self, *a, **k: trained.append(1) or original(self, *a, **k))
         assert run_recbole_gflowgr.main(args + ["--checkpoint_dir=cut", "--resume=True"]) == 0
     first, resumed = rows()
     assert not trained and resumed["test"] == first["test"] and resumed["epochs"] == 3
@@ -142,7 +142,7 @@ import pytest
 import recbole_gflowgr
 import run_recbole_gflowgr
 from gr_helpers import patch_gr
-from recbole_gflowgr.trainer import TrainerMixin
+from recbole_gflowgr.trainer.base import TrainerMixin
 
 original = TrainerMixin._train_epoch
 def slow(self, *args, **kwargs):  # time for the test to kill the process in the middle of training
@@ -192,7 +192,7 @@ def test_same_seed_and_config_give_identical_results(monkeypatch):
 
 
 def test_checkpoints_are_written_atomically(monkeypatch):
-    resume.atomic_save({"x": torch.ones(3)}, "ck/run-last.pth")
+    utils.atomic_save({"x": torch.ones(3)}, "ck/run-last.pth")
     real_save = torch.save
 
     def dies_halfway(obj, path, **kwargs):
@@ -202,7 +202,7 @@ def test_checkpoints_are_written_atomically(monkeypatch):
 
     monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(Killed):
-        resume.atomic_save({"x": torch.zeros(3)}, "ck/run-last.pth")
+        utils.atomic_save({"x": torch.zeros(3)}, "ck/run-last.pth")
     monkeypatch.setattr(torch, "save", real_save)
     assert os.listdir("ck") == ["run-last.pth"] and torch.equal(load("ck/run-last.pth")["x"], torch.ones(3))
 

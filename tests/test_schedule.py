@@ -10,8 +10,8 @@ import torch
 
 import run_recbole_gflowgr
 from gr_helpers import TINY_GR, patch_gr, with_args
-from recbole_gflowgr.errors import ConfigError
-from recbole_gflowgr.schedule import Schedule, lr_factor, schedule_config
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.trainer.schedule import Schedule, lr_factor, schedule_config
 from test_resume import Killed, keep_last, kill_in_epoch, last_file, load
 
 
@@ -73,7 +73,7 @@ def rows(path="res/tiny.jsonl"):
 
 def record_lrs(monkeypatch):
     """The lr each epoch starts with (what the trainer logs), per run: a list of lists."""
-    from recbole_gflowgr.trainer import TrainerMixin
+    from recbole_gflowgr.trainer.base import TrainerMixin
 
     original, runs = TrainerMixin.current_lr, []
 
@@ -116,7 +116,7 @@ def test_decay_horizon_shorter_than_the_bound_holds_the_floor_after_it(monkeypat
 
 
 def test_schedule_keys_at_their_default_leave_the_config_hash_as_before():
-    from recbole_gflowgr.results import config_hash
+    from recbole_gflowgr.trainer.results import config_hash
 
     plain = {"model": "TIGER", "learning_rate": 0.001}
     neutral = dict(plain, lr_scheduler="constant", warmup_steps=0, warmup_ratio=0.0, min_lr_ratio=0.0,

@@ -67,7 +67,7 @@ def test_one_epoch_sft_through_the_cli_writes_a_row(monkeypatch, capsys, model_n
 def test_enable_amp_autocasts_the_training_loss_in_bfloat16(monkeypatch):
     """RecBole's enable_amp runs our loss under torch.autocast in amp_dtype (bfloat16 on CPU); evaluation does
     not; the fp32 run's config hash does not depend on amp_dtype (cache keys of runs made before it existed)."""
-    from recbole_gflowgr.results import config_hash
+    from recbole_gflowgr.trainer.results import config_hash
 
     model_class = get_model("TIGER")
     seen, loss = [], model_class.calculate_loss
@@ -171,7 +171,7 @@ def test_pretrained_checkpoint_with_other_semantic_ids_is_refused(monkeypatch, c
 def test_amp_dtype_is_the_autocast_dtype_during_the_epoch_only():
     """The trainer sets the device's autocast dtype to amp_dtype for the epoch (RecBole's autocast reads it) and
     puts the previous one back, also when the epoch fails."""
-    from recbole_gflowgr.trainer import TrainerMixin
+    from recbole_gflowgr.trainer.base import TrainerMixin
 
     class Base:
         def _train_epoch(self, train_data, epoch_idx, fail=False):
@@ -199,10 +199,10 @@ def test_sft_cache_follows_the_ids_not_the_tokenizer_folder(monkeypatch):
     args = patch_gr(monkeypatch) + TINY_GR + ["--finetune=sft"]
     config = load_config("TIGER", None, cmd_args=args)
     first = sft_cache_path(config)
-    monkeypatch.setattr(tiger, "fetch_semantic_ids", lambda c, t: _with(fake_semantic_ids(c, t)))
+    monkeypatch.setattr(tiger, "fetch_semantic_ids", lambda c, t, **kw: _with(fake_semantic_ids(c, t)))
     assert sft_cache_path(config) == first
 
-    def changed(c, t):
+    def changed(c, t, **kw):
         ids = _with(fake_semantic_ids(c, t))
         ids.codes[1, 0] = (ids.codes[1, 0] + 1) % 4
         return ids

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recbole_gflowgr.data import prepare_dataset
-from recbole_gflowgr.errors import ConfigError, DatasetError
+from recbole_gflowgr.foundation.errors import ConfigError, DatasetError
 from recbole_gflowgr.tokenizer import embeddings, get_semantic_ids, load_tokenizer_config, parse_index_json
 from recbole_gflowgr.tokenizer.letter import collision_groups, distinct_assignment, train_letter
 from recbole_gflowgr.tokenizer.rqvae import RQVAETrainer, kmeans, sinkhorn, sq_dist, train_rqvae

@@ -15,8 +15,8 @@ from logging import getLogger
 import pandas as pd
 
 from recbole_gflowgr.data.registry import require_dataset_spec
-from recbole_gflowgr.errors import DatasetError
-from recbole_gflowgr.utils import atomic_folder
+from recbole_gflowgr.foundation.errors import DatasetError
+from recbole_gflowgr.foundation.utils import atomic_folder
 
 CONVERTER_VERSION = 1
 MIN_USER_ITEMS = 3  # leave-one-out needs one train, one valid and one test item per user

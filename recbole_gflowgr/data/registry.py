@@ -4,16 +4,9 @@ from dataclasses import dataclass
 
 import recbole
 
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.foundation.paths import SHARED_DATA
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the yamls of the repo's properties/ (overall, datasets, demo, ...): in a checkout there; an installed wheel carries
-# them inside the package, beside recbole_gflowgr/properties/{model,finetune,tokenizer} (see setup.py)
-REPO_PROPERTIES = (os.path.join(REPO_ROOT, "properties")
-                   if os.path.isfile(os.path.join(REPO_ROOT, "properties", "overall.yaml"))
-                   else os.path.join(PACKAGE_DIR, "properties"))
-SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 RECBOLE_EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(recbole.__file__)), "dataset_example")
 
 

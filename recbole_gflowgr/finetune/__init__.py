@@ -1,14 +1,14 @@
 """Fine-tuning methods of the generative models, selected by the config key ``finetune`` (``--finetune=...``)."""
 import importlib
 
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
 
 # method name (CLI spelling) -> "module:Trainer class"
 METHODS = {
-    "sft": "recbole_gflowgr.trainer:GRTrainer",
+    "sft": "recbole_gflowgr.trainer.base:GRTrainer",
     # the control of every fine-tuning method: SFT loss only, from the same SFT checkpoint with finetune_epochs,
     # finetune_learning_rate, batches and early stopping (quick_start.run switches them for any method but sft)
-    "sft-continued": "recbole_gflowgr.trainer:GRTrainer",
+    "sft-continued": "recbole_gflowgr.trainer.base:GRTrainer",
     "gflowgr-tb": "recbole_gflowgr.finetune.gflowgr.trainer:GFlowGRTrainer",
     "gflowgr-db": "recbole_gflowgr.finetune.gflowgr.trainer:GFlowGRTrainer",
     "gflowgr-subtb": "recbole_gflowgr.finetune.gflowgr.trainer:GFlowGRTrainer",
@@ -21,6 +21,7 @@ METHODS = {
 }
 
 
+FINETUNE_HEADS = ("gflow_heads.", "ppo_value_head.")  # state-dict prefixes of heads that fine-tuning adds
 CONTROL = "sft-continued"
 # config-key prefixes read by one method only (finetune_* keys are shared by every fine-tuning method)
 METHOD_PREFIXES = ("gflowgr_", "dpo_", "sdpo_", "sprec_", "ipa_", "ppo_", "grpo_")

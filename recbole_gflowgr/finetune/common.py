@@ -22,17 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import clip_grad_norm_
 
-from recbole_gflowgr import distributed
-from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.finetune.gflowgr.reward import comprehensive_reward
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.trainer import distributed
 from recbole_gflowgr.model.beam_search import (
-    _GroupedT5Stepper, _level_logits, constrained_beam_search, constrained_log_softmax, encode, sequence_log_probs,
+    _level_logits, constrained_beam_search, constrained_log_softmax, encode, sequence_log_probs,
 )
-from recbole_gflowgr.resume import preserved_rng
-from recbole_gflowgr.trainer import GRTrainer
+from recbole_gflowgr.model.decoder_steps import GroupedT5Stepper
+from recbole_gflowgr.trainer.base import GRTrainer
+from recbole_gflowgr.trainer.resume import preserved_rng
 
 REWARDS = ("comprehensive", "hit")
-CM_SCORES = ("percentile", "minmax")  # collaborative.CollaborativeScorer's normalisations (gflowgr_cm_score)
+CM_SCORES = ("percentile", "minmax")  # model.collaborative.CollaborativeScorer's normalisations (gflowgr_cm_score)
 
 
 # ----- config checks -----------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def sample_items(t5, ids, mask, trie, n, temperature=1.0, generator=None):
         enc = encode(t5, ids, mask)  # (B, S, d)
         B, L = enc.shape[0], trie.L
         R = B * n
-        stepper = _GroupedT5Stepper(t5, enc, mask)  # rows b*n .. b*n + n - 1 belong to user b
+        stepper = GroupedT5Stepper(t5, enc, mask)  # rows b*n .. b*n + n - 1 belong to user b
         seq = torch.full((R, 1), t5.config.decoder_start_token_id, dtype=torch.long, device=enc.device)  # (R, 1)
         nodes = torch.zeros(R, dtype=torch.long, device=enc.device)  # (R,) prefix node ids, root first
         steps = []
@@ -209,13 +210,18 @@ def pair_loss(model, ref_t5, interaction, chosen, rejected, beta, rows=None):
 
 # ----- rewards -----------------------------------------------------------------------------------------------
 def ensure_scorer(trainer, train_data):
-    """The collaborative model's scorer (GFlowGR's SASRec, ``collaborative.load_scorer``), loaded on first use and
-    kept as ``trainer.scorer``; shared by GFlowGR, IPA, PPO and GRPO."""
+    """The collaborative model's scorer (GFlowGR's SASRec), loaded on first use by ``trainer.scorer_loader`` (the
+    runtime's ``quick_start.load_scorer``, set by ``quick_start.run``) and kept as ``trainer.scorer``; shared by
+    GFlowGR, IPA, PPO and GRPO."""
     if getattr(trainer, "scorer", None) is None:
-        from recbole_gflowgr.collaborative import load_scorer
         from recbole_gflowgr.data import dataset_settings
 
         config = trainer.config
+        load_scorer = getattr(trainer, "scorer_loader", None)
+        if load_scorer is None:
+            raise ConfigError(f"finetune={config['finetune']} rewards with the collaborative model: set trainer.scorer "
+                              "(a model.collaborative.CollaborativeScorer) or trainer.scorer_loader "
+                              "(quick_start.load_scorer), or run it through quick_start.run")
         with preserved_rng():  # its random init must not shift the training stream (a resumed run loads it later)
             scorer = load_scorer(config["dataset"], dataset_settings(config), trainer.device, config_dict=config["collaborative_args"],
                                  recbole_dataset=train_data._dataset)

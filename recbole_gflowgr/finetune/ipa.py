@@ -4,7 +4,7 @@ reward model.
 
 Per batch (on a random share ``ipa_dpo_ratio`` of its examples): the current model generates ``N`` items by
 constrained beam search (``ipa_beams``); the reward model scores them (the CM's per-user normalised score,
-``collaborative.CollaborativeScorer``, ``gflowgr_cm_score``: both forms rank the beams alike); chosen ``y_w`` = the best-scored beam, rejected ``y_l`` = the worst. The
+``model.collaborative.CollaborativeScorer``, ``gflowgr_cm_score``: both forms rank the beams alike); chosen ``y_w`` = the best-scored beam, rejected ``y_l`` = the worst. The
 loss is OneRec's
 
     L = w_ntp * L_NTP(y+) + lambda * L_DPO(y_w, y_l),   L_DPO = -log sigmoid(beta * (r(y_w) - r(y_l)))

@@ -13,8 +13,8 @@ Self-play rounds; here one training epoch = one round ``t``:
 Both phases run inside RecBole's single ``_train_epoch`` call (the loader is iterated once per phase), so the
 two loss parts logged per epoch are the SFT pass's and the DPO pass's sums.
 """
-from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.finetune.common import BaselineTrainer, freeze, pair_loss, require, top_items
+from recbole_gflowgr.foundation.errors import ConfigError
 
 
 class _Phases:

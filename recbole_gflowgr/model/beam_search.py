@@ -22,7 +22,7 @@ Decoding
 other ``L - 1`` steps on B*K beam rows, with a Python loop over the L steps only.  Its default ``"grouped"``
 step reuses the T5 sub-modules with a self-attention KV cache and one copy of the cross-attention keys/values
 per user (not per beam); ``"cache"`` (HF ``EncoderDecoderCache``) and ``"recompute"`` (no cache) are reference
-paths built on the HF decoder forward and give the same result.  Two shortcuts that do not change the result:
+paths built on the HF decoder forward and give the same result (the three steps: ``decoder_steps.py``).  Two shortcuts that do not change the result:
 ``length_groups`` splits the users into groups of similar history length, each trimmed to its own longest one,
 and the last level runs the decoder only for prefixes with two or more children (a single child has
 log-probability exactly 0; with TIGER's disambiguation level as the last one, that is most beams).
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from recbole_gflowgr.model.decoder_steps import STEPPERS, cross_keys_values
 from recbole_gflowgr.model.trie import SemanticIDTrie, constrained_log_softmax
 
 __all__ = [
@@ -80,134 +81,6 @@ def _level_log_probs(model, trie, level, hidden, nodes, temperature=1.0):
     return logp, children
 
 
-def _cross_keys_values(decoder, enc):
-    """[(k, v)] per decoder layer: the cross-attention keys/values (B, H, S, d_kv) of encoder states (B, S, d),
-    projected once per user."""
-    B, S, _ = enc.shape
-    out = []
-    for block in decoder.block:
-        att = block.layer[1].EncDecAttention
-        k = att.k(enc).view(B, S, att.n_heads, att.key_value_proj_dim).transpose(1, 2)  # (B, H, S, dk)
-        v = att.v(enc).view(B, S, att.n_heads, att.key_value_proj_dim).transpose(1, 2)  # (B, H, S, dk)
-        out.append((k, v))
-    return out
-
-
-class _RecomputeStepper:
-    """Reference decoder: re-runs the HF decoder on the whole prefix every step (no cache)."""
-
-    def __init__(self, model, enc, mask):
-        self.decoder, self.enc, self.mask = model.get_decoder(), enc, mask  # (B, S, d), (B, S)
-
-    def expand(self, K):
-        self.enc = self.enc.repeat_interleave(K, dim=0)  # (B*K, S, d)
-        self.mask = self.mask.repeat_interleave(K, dim=0) if self.mask is not None else None
-
-    def reorder(self, rows):
-        pass
-
-    def step(self, seq, rows=None):  # seq (R, t + 1) -> (R, d); rows: only those rows' states (a final step)
-        h = self.decoder(input_ids=seq, encoder_hidden_states=self.enc, encoder_attention_mask=self.mask,
-                         use_cache=False).last_hidden_state[:, -1]
-        return h if rows is None else h[rows]
-
-
-class _HFCacheStepper(_RecomputeStepper):
-    """HF decoder with an ``EncoderDecoderCache``; beams reorder only the self-attention cache (index_select)."""
-
-    def __init__(self, model, enc, mask):
-        super().__init__(model, enc, mask)
-        config = self.decoder.config
-        self.cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
-
-    def expand(self, K):
-        super().expand(K)
-        self.cache.batch_repeat_interleave(K)  # cross-attention K/V copied for every beam, as HF generate does
-
-    def reorder(self, rows):
-        self.cache.self_attention_cache.reorder_cache(rows)
-
-    def step(self, seq, rows=None):
-        h = self.decoder(input_ids=seq[:, -1:], encoder_hidden_states=self.enc, encoder_attention_mask=self.mask,
-                         cache=self.cache, use_cache=True).last_hidden_state[:, -1]
-        return h if rows is None else h[rows]
-
-
-class _GroupedT5Stepper:
-    """Incremental T5 decoder step with cross-attention grouped by user (reuses the model's own sub-modules).
-
-    The cross-attention keys/values are computed once per user, (B, H, S, d_kv), and the K beams of a user are
-    attended as K queries against them: (B, H, K, d_kv) @ (B, H, d_kv, S).  This avoids copying them for every
-    beam (what HF generate does), which dominates decoding time and memory.  The self-attention cache holds
-    (R, H, t, d_kv) per layer.  Mirrors ``T5Stack`` in eval mode: no dropout, no fp16 clamping.
-    """
-
-    def __init__(self, model, enc, mask):
-        dec = model.get_decoder()
-        self.dec, self.blocks, self.t = dec, dec.block, 0
-        att0 = dec.block[0].layer[0].SelfAttention
-        self.H, self.dk = att0.n_heads, att0.key_value_proj_dim
-        B, S, _ = enc.shape
-        self.bias = None  # relative position bias rows, filled lazily
-        self.cross = _cross_keys_values(dec, enc)  # per layer (B, H, S, dk) twice
-        mask = torch.ones(B, S, dtype=torch.bool, device=enc.device) if mask is None else mask.bool()
-        self.keep = mask.view(B, 1, 1, S)  # (B, 1, 1, S)
-        self.kv = [None] * len(self.blocks)
-
-    def expand(self, K):
-        self.kv = [(k.repeat_interleave(K, dim=0), v.repeat_interleave(K, dim=0)) for k, v in self.kv]
-
-    def reorder(self, rows):
-        self.kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.kv]
-
-    def _attend(self, q, k, v, add=None, keep=None):
-        s = q @ k.transpose(-1, -2)  # T5: no 1/sqrt(d) scaling
-        if add is not None:
-            s = s + add
-        if keep is not None:
-            s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
-        return torch.softmax(s.float(), dim=-1).type_as(q) @ v
-
-    def step(self, seq, rows=None):  # seq (R, t + 1) -> (R, d), or (r, d) for the r = len(rows) rows asked for
-        """One decoder step for every row, or (``rows``, a final step) for some rows only: then their cache
-        entries are not kept and each row attends its own user's cross keys/values, gathered (r, H, S, dk)."""
-        R, t, B = seq.shape[0], self.t, self.keep.shape[0]
-        G, H, dk = R // B, self.H, self.dk
-        if self.bias is None or self.bias.shape[-1] <= t:
-            att0 = self.blocks[0].layer[0].SelfAttention
-            self.bias = att0.compute_bias(t + 8, t + 8, device=seq.device)  # (1, H, n, n)
-        bias = self.bias[:, :, t:t + 1, :t + 1]  # (1, H, 1, t + 1)
-        if rows is not None:
-            seq, users = seq[rows], rows // G  # (r, t + 1), (r,)
-        r = seq.shape[0]
-        h = self.dec.embed_tokens(seq[:, -1])  # (r, d)
-        for i, blk in enumerate(self.blocks):
-            sa, ca = blk.layer[0], blk.layer[1]
-            n = sa.layer_norm(h)
-            att = sa.SelfAttention
-            q, k, v = (p(n).view(r, H, 1, dk) for p in (att.q, att.k, att.v))  # (r, H, 1, dk)
-            if self.kv[i] is not None:
-                past_k, past_v = self.kv[i] if rows is None else (self.kv[i][0][rows], self.kv[i][1][rows])
-                k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-            if rows is None:
-                self.kv[i] = (k, v)  # (R, H, t + 1, dk)
-            h = h + att.o(self._attend(q, k, v, add=bias).reshape(r, H * dk))
-            n = ca.layer_norm(h)
-            att = ca.EncDecAttention
-            if rows is None:
-                q = att.q(n).view(B, G, H, dk).transpose(1, 2)  # (B, H, G, dk)
-                out = self._attend(q, *self.cross[i], keep=self.keep)  # (B, H, G, dk)
-            else:
-                q = att.q(n).view(r, H, 1, dk)  # (r, H, 1, dk)
-                ck, cv = (c[users] for c in self.cross[i])  # (r, H, S, dk)
-                out = self._attend(q, ck, cv, keep=self.keep[users])  # (r, H, 1, dk)
-            h = h + att.o(out.transpose(1, 2).reshape(r, H * dk))
-            h = blk.layer[2](h)  # feed-forward with residual
-        if rows is None:
-            self.t += 1
-        return self.dec.final_layer_norm(h)
-
-
 def _by_length(search, input_ids, attention_mask, groups):
     """``search(ids, mask)`` run on ``groups`` groups of users sorted by history extent (last unmasked position),
     each trimmed to its longest; its (items, scores), both (B, K), put back in the users' order."""
@@ -239,9 +112,6 @@ def _last_level_log_probs(model, trie, stepper, seq, nodes, temperature=1.0):
         h = stepper.step(seq, rows=rows)  # (r, d)
         logp[rows] = constrained_log_softmax(_level_logits(model, trie, level, h, temperature), allowed[rows])
     return logp, children
-
-
-_STEPPERS = {"grouped": _GroupedT5Stepper, "cache": _HFCacheStepper, "recompute": _RecomputeStepper}
 
 
 @torch.no_grad()
@@ -276,8 +146,8 @@ def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTr
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    if mode not in _STEPPERS:
-        raise ValueError(f"mode must be one of {sorted(_STEPPERS)}, got {mode!r}")
+    if mode not in STEPPERS:
+        raise ValueError(f"mode must be one of {sorted(STEPPERS)}, got {mode!r}")
     if length_groups > 1 and encoder_outputs is None and attention_mask is not None and len(attention_mask) > 1:
         return _by_length(lambda ids, mask: constrained_beam_search(model, ids, mask, trie, beam_size, mode=mode,
                                                                     temperature=temperature),
@@ -285,7 +155,7 @@ def constrained_beam_search(model, input_ids, attention_mask, trie: SemanticIDTr
     K, L = int(beam_size), trie.L
     enc = _encoder_states(model, input_ids, attention_mask, encoder_outputs)  # (B, S, d)
     B, device = enc.shape[0], enc.device
-    stepper = _STEPPERS[mode](model, enc, attention_mask)
+    stepper = STEPPERS[mode](model, enc, attention_mask)
     start = torch.full((B, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)  # (B, 1)
 
     # step 0: one row per user (all beams share the start token)
@@ -337,7 +207,7 @@ def _shared_encoder_decode(model, dec_in, enc, attention_mask, M):
     if M > 1:
         config = decoder.config
         cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
-        for i, (k, v) in enumerate(_cross_keys_values(decoder, enc)):  # (B, H, S, dk) -> (B*M, H, S, dk)
+        for i, (k, v) in enumerate(cross_keys_values(decoder, enc)):  # (B, H, S, dk) -> (B*M, H, S, dk)
             cache.cross_attention_cache.update(k.repeat_interleave(M, dim=0), v.repeat_interleave(M, dim=0), i)
             cache.is_updated[i] = True
     return decoder(input_ids=dec_in, encoder_hidden_states=enc.repeat_interleave(M, dim=0),

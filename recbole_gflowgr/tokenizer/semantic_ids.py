@@ -20,9 +20,9 @@ from logging import getLogger
 import numpy as np
 import yaml
 
-from recbole_gflowgr.data.registry import REPO_PROPERTIES
-from recbole_gflowgr.errors import ConfigError, DatasetError
-from recbole_gflowgr.utils import atomic_folder
+from recbole_gflowgr.foundation.errors import ConfigError, DatasetError
+from recbole_gflowgr.foundation.paths import REPO_PROPERTIES
+from recbole_gflowgr.foundation.utils import atomic_folder
 
 TOKENIZERS = ("rqvae", "letter")
 TOKENIZER_VERSION = 5  # part of the folder hash: bump when a change of the code changes the IDs
@@ -76,7 +76,7 @@ def load_tokenizer_config(tokenizer, dataset=None, overrides=None):
         if key not in allowed:
             raise ConfigError(f"{key}: not a {tokenizer} tokenizer key; known keys: {', '.join(sorted(allowed))}")
         cfg[key] = value
-    from recbole_gflowgr.validation import tokenizer_schema, validate_keys
+    from recbole_gflowgr.foundation.validation import tokenizer_schema, validate_keys
 
     validate_keys(cfg, tokenizer_schema(tokenizer), prefix="", given=set(overrides or {}))  # the yaml's own types
     if "alpha_by_dataset" in cfg:
@@ -161,13 +161,17 @@ def read_semantic_ids(folder):
 
 
 def _collaborative(dataset, cfg, data_path, device, item_tokens, cf_embeddings, logger):
-    """(n, d) collaborative embeddings aligned with ``item_tokens``; the CM sees the tokenizer's own dataset source."""
+    """(n, d) collaborative embeddings aligned with ``item_tokens``. ``cf_embeddings``: (item tokens, (n, d) array)
+    or a function ``(dataset, data_root=, device=)`` returning them (the runtime's
+    ``quick_start.sasrec_item_embeddings``), called with the tokenizer's own dataset source."""
     if cf_embeddings is None:
-        from recbole_gflowgr.collaborative import sasrec_item_embeddings  # lazy: RecBole only for LETTER
+        raise ConfigError(f"the letter tokenizer of dataset '{dataset}' needs the collaborative model's item "
+                          "embeddings: pass cf_embeddings (e.g. recbole_gflowgr.quick_start.sasrec_item_embeddings)")
+    if callable(cf_embeddings):
         from recbole_gflowgr.data import dataset_settings
 
         logger.info(f"LETTER: collaborative (SASRec) item embeddings of {dataset}")
-        cf_embeddings = sasrec_item_embeddings(dataset, data_root=dataset_settings(cfg, data_path), device=device)
+        cf_embeddings = cf_embeddings(dataset, data_root=dataset_settings(cfg, data_path), device=device)
     tokens, emb = cf_embeddings
     row = {str(t): i for i, t in enumerate(tokens)}
     missing = [t for t in item_tokens if t not in row]
@@ -256,8 +260,9 @@ def get_semantic_ids(dataset, tokenizer, data_path="dataset", overrides=None, de
     """The item semantic IDs of ``dataset`` by ``tokenizer`` ('rqvae' or 'letter'), computed once and cached.
 
     ``overrides``: tokenizer keys (see properties/tokenizer/<tokenizer>.yaml) plus ``seed`` (default 42),
-    ``source_path`` and ``source_prefix`` (where the dataset's source files are). ``cf_embeddings``: optional
-    (item tokens, (n, d) array) for LETTER instead of training/loading SASRec.
+    ``source_path`` and ``source_prefix`` (where the dataset's source files are). ``cf_embeddings`` (LETTER only):
+    (item tokens, (n, d) array) or a function returning them, called only when the IDs are not cached
+    (``recbole_gflowgr.quick_start.sasrec_item_embeddings`` trains or loads the collaborative SASRec).
     """
     from recbole_gflowgr.data import prepare_dataset
     from recbole_gflowgr.tokenizer.embeddings import encoder_id, load_item_texts, texts_key

@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
 
 __all__ = ["AdaptiveSampler", "SamplerConfigError"]
 

@@ -15,15 +15,15 @@ are kept as detached tensors and read once per epoch (no host sync per batch).
 import torch
 import torch.nn.functional as F
 
-from recbole_gflowgr.errors import ConfigError
 from recbole_gflowgr.finetune.common import CM_SCORES, ensure_scorer, require_choice, reward_terms
 from recbole_gflowgr.finetune.gflowgr.heads import FlowHeads
 from recbole_gflowgr.finetune.gflowgr.losses import detailed_balance, subtrajectory_balance, trajectory_balance
 from recbole_gflowgr.finetune.gflowgr.sampler import AdaptiveSampler
 from recbole_gflowgr.finetune.gflowgr.weights import REDUCTIONS, reduce_flow_loss, uncertainty_weights
+from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.model.beam_search import sequence_log_probs
-from recbole_gflowgr.numerics import check_log_z
-from recbole_gflowgr.trainer import GRTrainer
+from recbole_gflowgr.trainer.base import GRTrainer
+from recbole_gflowgr.trainer.numerics import check_log_z
 
 STATS = ("residual", "log_z", "logpf_pos", "logpf_aug", "p_pos", "reward", "weight")
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.foundation.paths import PACKAGE_DIR
 
-PACKAGE = os.path.dirname(os.path.abspath(__file__))
+PACKAGE = PACKAGE_DIR
 TYPES = ("int", "float", "bool", "str", "list", "dict")
 # RecBole's keys this project relies on and does not declare in its own yamls (same grammar as the comments)
 RECBOLE_KEYS = {
@@ -194,7 +195,7 @@ def parse_yaml(path, loader=None):
 
 def schema_files():
     """The yamls whose comments declare the run config keys (grid files and tokenizer yamls are separate)."""
-    from recbole_gflowgr.config import PROPERTIES
+    from recbole_gflowgr.foundation.paths import REPO_PROPERTIES as PROPERTIES
 
     ours = os.path.join(PACKAGE, "properties")
     overall = os.path.join(PROPERTIES, "overall.yaml")
@@ -277,7 +278,7 @@ def validate(values, given=None, model=None):
 
 def check_rules(values):
     """The rules between keys (types are checked already)."""
-    from recbole_gflowgr.registry import OUR_MODELS
+    from recbole_gflowgr import OUR_MODELS
 
     get = values.get
     topk = get("topk") or []

@@ -7,8 +7,8 @@ import subprocess
 
 import torch
 
-from recbole_gflowgr.data.registry import REPO_ROOT
-from recbole_gflowgr.schedule import FINETUNE_PREFIX, NEUTRAL
+from recbole_gflowgr.foundation.paths import REPO_ROOT
+from recbole_gflowgr.trainer.schedule import FINETUNE_PREFIX, NEUTRAL
 
 METRIC_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 # keys that change where/how a run is stored or shown, not what it computes: left out of config_hash

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from recbole_gflowgr.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError
 
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
 # the keys of a plain (SFT, collaborative) run; a fine-tuning run reads FINETUNE_PREFIX + key

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from recbole.evaluator import Collector
 from torch.utils.data.distributed import DistributedSampler
 
-from recbole_gflowgr.errors import ConfigError, GFlowGRError
+from recbole_gflowgr.foundation.errors import ConfigError, GFlowGRError
 
 CHILD_SETUP = []  # picklable callables run first in every started process (e.g. tests install stand-ins here)
 ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label")  # one row per evaluated sample
@@ -106,29 +106,15 @@ def _with(cmd_args, **values):
     return [a for a in cmd_args if not a.startswith(keys)] + [f"--{k}={v}" for k, v in values.items()]
 
 
-def _prepare_caches(config):
-    """What every process would otherwise build concurrently: RecBole's folders (its ``ensure_dir`` races), the
-    converted dataset, the semantic IDs."""
-    from recbole_gflowgr.data import prepare_dataset
-    from recbole_gflowgr.registry import OUR_MODELS, get_model
-
-    for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
-        os.makedirs(folder, exist_ok=True)
-    prepare_dataset(config["dataset"], config["data_path"], config["source_path"], config["source_prefix"])
-    if config["model"] in OUR_MODELS:
-        from recbole_gflowgr.model import tiger
-
-        tiger.fetch_semantic_ids(config, config["tokenizer"] or get_model(config["model"]).default_tokenizer)
-
-
-def launch(run, config, model, dataset, config_file_list, config_dict, cmd_args, saved, pretrained):
+def launch(run, config, model, dataset, config_file_list, config_dict, cmd_args, saved, pretrained, prepare):
     """Start ``nproc`` processes running ``run`` with their ``local_rank``; returns global rank 0's row (None on
-    a machine without global rank 0)."""
+    a machine without global rank 0). ``prepare(config)`` first builds what every process would otherwise build
+    concurrently (``quick_start.prepare_caches``)."""
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException
 
     world = check(config)
-    _prepare_caches(config)
+    prepare(config)
     extra = {"world_size": world}
     if pretrained:  # resolved (and trained if needed) here: the processes must not each train it
         extra["pretrained_checkpoint"] = pretrained
@@ -286,7 +272,7 @@ class DistributedMixin:
 
     def load_best(self, path):
         """Global rank 0 reads the checkpoint; the weights reach every other rank by broadcast."""
-        from recbole_gflowgr.compat import trusted_torch_load
+        from recbole_gflowgr.foundation.compat import trusted_torch_load
 
         other = [None]
         if is_main(self.config):
@@ -305,6 +291,6 @@ class DistributedMixin:
 
 def trainer_class(cls, config):
     """``cls`` itself for a single process, else ``cls`` with :class:`DistributedMixin` in front."""
-    from recbole_gflowgr.trainer import with_mixin
+    from recbole_gflowgr.trainer.base import with_mixin
 
     return cls if config["single_spec"] else with_mixin(DistributedMixin, cls)

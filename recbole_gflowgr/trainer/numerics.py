@@ -1,6 +1,6 @@
 """Divergence checks during training: a clear stop on a non-finite loss or log Z, a warning when log Z drifts.
 
-* :meth:`NumericsMixin._check_nan` replaces RecBole's ``ValueError('Training loss is nan')`` (it also catches
+* :meth:`base.TrainerMixin._check_nan` replaces RecBole's ``ValueError('Training loss is nan')`` (it also catches
   ``inf``) with a :class:`TrainingError`: one line naming the epoch, the run, the checkpoints that are kept (the
   last good one, ``resume.py``, and the best one) and the keys to change. The CLI prints it as ``error: ...``.
 * :func:`check_log_z` (GFlowGR): a non-finite log Z (TB's log Z or DB/SubTB's log F(s_0)) stops the run the same
@@ -11,9 +11,8 @@
 import math
 import os
 
-import torch
 
-from recbole_gflowgr.errors import TrainingError
+from recbole_gflowgr.foundation.errors import TrainingError
 
 
 def _kept(trainer):
@@ -29,7 +28,7 @@ def _kept(trainer):
 
 def diverged(trainer, what, fix):
     """The :class:`TrainingError` for ``what`` (e.g. 'training loss is nan') at the trainer's current epoch."""
-    from recbole_gflowgr.registry import OUR_MODELS
+    from recbole_gflowgr import OUR_MODELS
 
     config = trainer.config
     run = f"{config['model']} on '{config['dataset']}'"
@@ -41,12 +40,6 @@ def diverged(trainer, what, fix):
                           f"{_kept(trainer)}; fix: lower {lr}{fix} or set clip_grad_norm, then rerun")
     trainer.logger.error(str(error))  # in the run's log too, not only on the CLI's stderr
     return error
-
-
-class NumericsMixin:
-    def _check_nan(self, loss):
-        if not bool(torch.isfinite(loss).all()):
-            raise diverged(self, f"training loss is {float(loss.detach())}", "")
 
 
 def check_log_z(trainer, log_z):
