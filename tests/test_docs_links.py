@@ -13,8 +13,6 @@ PAGES = [README] + sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|(?:src|href)=\"([^\"]+)\"")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 CODE = re.compile(r"`[^`\n]*`")
-# pages written on another branch of the same issue (#21, the layered package); present once both are merged
-PENDING = {"docs/architecture.md"}
 
 
 def _text(path):
@@ -52,8 +50,6 @@ def test_every_relative_link_resolves(page):
         file_part, _, anchor = target.partition("#")
         resolved = os.path.normpath(os.path.join(os.path.dirname(page), file_part)) if file_part else page
         rel = os.path.relpath(resolved, REPO).replace(os.sep, "/")
-        if rel in PENDING and not os.path.exists(resolved):
-            continue
         if not os.path.exists(resolved):
             broken.append(f"{target} (no file {rel})")
         elif anchor and resolved.endswith(".md") and anchor not in _anchors(resolved):
@@ -63,8 +59,7 @@ def test_every_relative_link_resolves(page):
 
 def test_every_docs_page_is_linked_from_the_readme():
     linked = {os.path.normpath(os.path.join(REPO, t.partition("#")[0])) for t in _links(README)}
-    pages = set(PAGES[1:]) | {os.path.join(REPO, p) for p in PENDING}
-    assert not sorted(os.path.relpath(p, REPO) for p in pages - linked)
+    assert not sorted(os.path.relpath(p, REPO) for p in set(PAGES[1:]) - linked)
 
 
 def test_readme_keeps_the_quick_start_commands():
