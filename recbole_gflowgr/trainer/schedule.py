@@ -17,7 +17,6 @@ import torch
 
 from recbole_gflowgr.foundation.errors import ConfigError
 
-SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
 # the keys of a plain (SFT, collaborative) run; a fine-tuning run reads FINETUNE_PREFIX + key
 KEYS = ("lr_scheduler", "warmup_steps", "warmup_ratio", "min_lr_ratio", "lr_decay_epochs")
 FINETUNE_PREFIX = "finetune_"
@@ -25,28 +24,17 @@ NEUTRAL = {"lr_scheduler": "constant", "warmup_steps": 0, "warmup_ratio": 0.0, "
 
 
 def schedule_config(config, finetuning):
-    """{key: validated value} of the run's schedule keys (the ``finetune_`` ones when ``finetuning``); a one-line
-    ConfigError naming the key otherwise."""
+    """{key: value} of the run's schedule keys (the ``finetune_`` ones when ``finetuning``). Each key's type and
+    range are checked at start-up by the schema (``properties/overall.yaml``, ``foundation/validation.py``); here
+    only the rule between two keys: a one-line ConfigError naming them."""
     prefix = FINETUNE_PREFIX if finetuning else ""
     values = {}
     for key in KEYS:
         value = config[prefix + key]
         values[key] = NEUTRAL[key] if value is None else value
-    name = prefix + "lr_scheduler"
-    if values["lr_scheduler"] not in SCHEDULES:
-        raise ConfigError(f"{name}={values['lr_scheduler']!r} is not a schedule: use one of {', '.join(SCHEDULES)}")
-    steps, ratio, floor = values["warmup_steps"], values["warmup_ratio"], values["min_lr_ratio"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ConfigError(f"{prefix}warmup_steps={steps!r} must be an integer >= 0 (optimiser steps of linear warmup)")
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise ConfigError(f"{prefix}warmup_ratio={ratio!r} must be a number in [0, 1) (fraction of the run's steps)")
+    steps, ratio = values["warmup_steps"], values["warmup_ratio"]
     if steps and ratio:
         raise ConfigError(f"{prefix}warmup_steps={steps} and {prefix}warmup_ratio={ratio} are both set; give one of them")
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
-        raise ConfigError(f"{prefix}min_lr_ratio={floor!r} must be a number in [0, 1] (final lr / base lr)")
-    decay = values["lr_decay_epochs"]
-    if isinstance(decay, bool) or not isinstance(decay, int) or decay < 0:
-        raise ConfigError(f"{prefix}lr_decay_epochs={decay!r} must be an integer >= 0 (0 = the run's epochs)")
     return values
 
 

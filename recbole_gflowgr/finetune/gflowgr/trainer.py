@@ -15,12 +15,11 @@ are kept as detached tensors and read once per epoch (no host sync per batch).
 import torch
 import torch.nn.functional as F
 
-from recbole_gflowgr.finetune.common import CM_SCORES, ensure_scorer, require_choice, reward_terms
+from recbole_gflowgr.finetune.common import ensure_scorer, reward_terms
 from recbole_gflowgr.finetune.gflowgr.heads import FlowHeads
 from recbole_gflowgr.finetune.gflowgr.losses import detailed_balance, subtrajectory_balance, trajectory_balance
 from recbole_gflowgr.finetune.gflowgr.sampler import AdaptiveSampler
-from recbole_gflowgr.finetune.gflowgr.weights import REDUCTIONS, reduce_flow_loss, uncertainty_weights
-from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.finetune.gflowgr.weights import reduce_flow_loss, uncertainty_weights
 from recbole_gflowgr.model.beam_search import sequence_log_probs
 from recbole_gflowgr.trainer.base import GRTrainer
 from recbole_gflowgr.trainer.numerics import check_log_z
@@ -31,17 +30,9 @@ STATS = ("residual", "log_z", "logpf_pos", "logpf_aug", "p_pos", "reward", "weig
 class GFlowGRTrainer(GRTrainer):
     @staticmethod
     def check_config(config):
-        """Fail on impossible hyperparameters before anything trains (called by quick_start.run)."""
-        if config["gflowgr_lambda"] is None or config["gflowgr_lambda"] < 0:
-            raise ConfigError(f"gflowgr_lambda={config['gflowgr_lambda']} must be >= 0 (weight of the GFlowNet loss)")
-        if config["gflowgr_n_aug"] is None or config["gflowgr_n_aug"] < 0:
-            raise ConfigError(f"gflowgr_n_aug={config['gflowgr_n_aug']} must be >= 0 (0 = no augmented trajectories)")
-        require_choice(config, "gflowgr_reduction", REDUCTIONS)
-        require_choice(config, "gflowgr_tok_match", ("position", "prefix"))
-        require_choice(config, "gflowgr_cm_score", CM_SCORES)
-        require_choice(config, "gflowgr_logz", ("conditional", "global"))
-        if not isinstance(config["gflowgr_weight_norm"], bool):
-            raise ConfigError(f"gflowgr_weight_norm={config['gflowgr_weight_norm']!r} must be True or False")
+        """The curriculum sampler of a validated config (called by quick_start.run before anything trains). Types,
+        ranges and choices of the ``gflowgr_*`` keys are checked once, at start-up, by the schema of
+        ``properties/finetune/gflowgr.yaml`` (``foundation/validation.py``); the sampler checks its own combination."""
         return AdaptiveSampler(config["gflowgr_n_aug"], mode=config["gflowgr_sampler"],
                                start=config["gflowgr_curriculum_start"], end=config["gflowgr_curriculum_end"],
                                window=config["gflowgr_curriculum_window"],
