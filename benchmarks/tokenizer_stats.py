@@ -7,9 +7,13 @@ Writes one row per dataset x tokenizer (+ "letter-published", from ../shared/dat
 results/tokenizer_stats.jsonl (rows of other dataset/tokenizer pairs already there are kept) and the markdown table
 of all rows to results/tokenizer_stats.md. IDs are computed by ``get_semantic_ids`` (or read from its cache, with the
 times of the run that computed them); wall_s = text embedding time (when first computed) + tokenizer training time,
-without LETTER's SASRec training (cf_s).
+without LETTER's SASRec training (cf_s). Each row also says how many of the dataset's test targets (every user's last
+item, RecBole's leave-one-out split) sit in a collision group, i.e. share their semantic code with another item and
+are told apart by the disambiguation token alone: ``test_targets_in_groups`` (share) and ``test_target_group_mean``
+(mean size of their groups); a hit lost there is at most that share of the test set.
 """
 import argparse
+import collections
 import json
 import logging
 import os
@@ -33,6 +37,35 @@ RESULTS = os.path.join(REPO, "results")
 ORDER = {"rqvae": 0, "letter": 1, "letter-published": 2}
 
 
+def test_targets(dataset, source_path=None):
+    """Every user's last item (the test target of the leave-one-out split) of ``<Prefix>.inter.json``; None for a
+    dataset in another format."""
+    spec = require_dataset_spec(dataset, source_path)
+    path = os.path.join(spec.default_source, f"{spec.prefix}.inter.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return [str(seq[-1]) for seq in json.load(f).values() if seq]
+
+
+def target_collisions(item_tokens, semantic, targets):
+    """(share of ``targets`` whose row of ``semantic`` (n_items, L: the semantic levels, no disambiguation column)
+    another item shares, mean group size of those targets) — (0.0, None) when none does."""
+    keys = [row.tobytes() for row in np.ascontiguousarray(semantic)]
+    size = collections.Counter(keys)
+    group = {item: size[key] for item, key in zip(item_tokens, keys)}
+    sizes = [group[t] for t in targets if group.get(t, 1) > 1]
+    return round(len(sizes) / len(targets), 6), (round(float(np.mean(sizes)), 2) if sizes else None)
+
+
+def collision_fields(dataset, item_tokens, semantic):
+    targets = test_targets(dataset)
+    if not targets:
+        return {"test_targets_in_groups": None, "test_target_group_mean": None}
+    share, mean = target_collisions(item_tokens, semantic, targets)
+    return {"test_targets_in_groups": share, "test_target_group_mean": mean}
+
+
 def our_row(dataset, tokenizer, args):
     from recbole_gflowgr.quick_start import sasrec_item_embeddings  # LETTER's collaborative embeddings
 
@@ -49,7 +82,8 @@ def our_row(dataset, tokenizer, args):
             "batch_size": s["batch_size"], "encode_s": s.get("encode_s"), "train_s": s["train_s"],
             "cf_s": s.get("cf_s"), "wall_s": round((s.get("encode_s") or 0) + s["train_s"], 1),
             "load_avg": s.get("load_avg"), "threads": s.get("threads"),
-            "note": s["note"], "commit": git_commit(), "path": os.path.relpath(ids.path, REPO)}
+            "note": s["note"], "commit": git_commit(), "path": os.path.relpath(ids.path, REPO),
+            **collision_fields(dataset, ids.item_tokens, ids.codes[:, :-1])}
 
 
 def published_row(dataset, source_path=None):
@@ -70,7 +104,7 @@ def published_row(dataset, source_path=None):
             "perplexity": [lv["perplexity"] for lv in st["levels"]], "seed": None, "device": None, "epochs": None,
             "best_epoch": None, "batch_size": None, "encode_s": None, "train_s": None, "cf_s": None, "wall_s": None,
             "note": f"IDs published with LETTER ({os.path.basename(path)}), as is (no disambiguation)",
-            "commit": git_commit(), "path": os.path.relpath(path, REPO)}
+            "commit": git_commit(), "path": os.path.relpath(path, REPO), **collision_fields(dataset, items, codes)}
 
 
 def duplicate_rates(dataset, data_path):
@@ -85,13 +119,15 @@ def duplicate_rates(dataset, data_path):
 
 def markdown(rows):
     head = ("| dataset | tokenizer | items | levels | collision rate (before disamb.) | unique IDs (before) "
-            "| max group | codes used / level | perplexity / level | wall s (embed + train) | epochs (kept) |")
-    lines = [head, "|" + "---|" * 11]
+            "| max group | test targets in groups (mean size) | codes used / level | perplexity / level "
+            "| wall s (embed + train) | epochs (kept) |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         epochs = "-" if r["epochs"] is None else f"{r['epochs']} ({r.get('best_epoch') or r['epochs']})"
         wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f} ({r['encode_s'] or 0:.0f} + {r['train_s']:.0f})"
         lines.append(f"| {r['dataset']} | {r['tokenizer']} | {r['n_items']} | {r['levels']} "
                      f"| {r['collision_rate']:.2%} | {r['unique_ids_before']} | {r['max_collision_group']} "
+                     f"| {_targets(r)} "
                      f"| {' / '.join(map(str, r['codes_used']))} | {' / '.join(f'{p:.0f}' for p in r['perplexity'])} "
                      f"| {wall} | {epochs} |")
     floors = {r["dataset"]: (r.get("duplicate_text_rate"), r.get("duplicate_embedding_rate")) for r in rows}
@@ -99,6 +135,13 @@ def markdown(rows):
              f"uncased): a floor for the collision rate of our text-only tokenizers" for d, (t, e) in floors.items()
              if t is not None and e is not None]
     return "\n".join(lines) + "\n\n" + "".join(f"- {n}\n" for n in notes)
+
+
+def _targets(row):
+    share = row.get("test_targets_in_groups")
+    if share is None:
+        return "-"
+    return f"{share:.2%}" + (f" ({row['test_target_group_mean']:.1f})" if row.get("test_target_group_mean") else "")
 
 
 def compare(rows):

@@ -286,3 +286,18 @@ def test_real_minilm_embeddings_are_cached(tmp_path):
     assert tokens == ["0", "1", "2"] and emb.shape == (3, 384)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)  # sentence-transformers' Normalize
     assert len(os.listdir("dataset/tiny/tokenizer")) == 1
+
+
+def test_share_of_test_targets_in_collision_groups():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("tokenizer_stats", f"{REPO}/benchmarks/tokenizer_stats.py")
+    stats = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stats)
+    items = ["a", "b", "c", "d", "e"]
+    semantic = np.array([[1, 2], [1, 2], [1, 3], [0, 2], [1, 2]])  # a, b, e share (1, 2): a group of 3
+    assert stats.target_collisions(items, semantic, ["a", "c", "e", "d"]) == (0.5, 3.0)
+    assert stats.target_collisions(items, semantic[:, :1], ["d"]) == (0.0, None)  # level 0 alone: d is alone
+    assert stats._targets({"test_targets_in_groups": 0.5, "test_target_group_mean": 3.0}) == "50.00% (3.0)"
