@@ -85,6 +85,12 @@ def sft_cache_path(config):
     return os.path.join(config["checkpoint_dir"], "sft", f"{config['dataset']}-{config['model']}-{config_hash(plain)}.pth")
 
 
+def as_finetuning(config):
+    """A fine-tuning run trains ``finetune_epochs`` epochs at ``finetune_learning_rate`` (what its row records)."""
+    config["epochs"] = config["finetune_epochs"]
+    config["learning_rate"] = config["finetune_learning_rate"]
+
+
 def sft_checkpoint(model, dataset, config_file_list=None, config_dict=None, cmd_args=(), parent=None):
     """Path of the SFT checkpoint that fine-tuning starts from; trained now (its row appended) if not cached."""
     # the SFT run is not the fine-tuning run's grid cell: it gets no experiment tags (see experiments.py)
@@ -154,8 +160,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
             check_catalogue(config.final_config_dict, manifest["n_items"])
         pretrained = config["pretrained_checkpoint"] or sft_checkpoint(
             config["model"], config["dataset"], config_file_list, config_dict, cmd_args, parent=config)
-        config["epochs"] = config["finetune_epochs"]
-        config["learning_rate"] = config["finetune_learning_rate"]
+        as_finetuning(config)
     if distributed.launching(config):  # --nproc > 1 or a world_size: start the processes, each runs this run()
         return distributed.launch(run, config, model, dataset, config_file_list, config_dict, cmd_args, saved,
                                   pretrained, prepare_caches)

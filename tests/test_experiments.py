@@ -307,3 +307,34 @@ def test_gpu_chunk_results_merge_adds_only_new_rows_and_files():
         assert f.read() == "ours"
     assert not os.path.exists("here/.running/abc.pid")
     assert merge.merge("results.tar.gz", "here") == {}
+
+
+def test_rekey_moves_rows_to_the_cell_of_their_config_after_a_default_changed():
+    from recbole_gflowgr import rekey
+
+    src, _, _ = tiny_letter(n_users=30, n_items=15, seq_len=6)
+    with open("base.yaml", "w") as f:
+        yaml.safe_dump({"gflowgr_lambda": 0.1}, f)
+    keys = dict(datasets=["tiny"], models=["TIGER"], finetunes=["gflowgr-tb"], seeds=[7],
+                config_files=[os.path.abspath("base.yaml")], config={"source_path": os.path.abspath(src)},
+                variants={"plain": {}, "lam05": {"gflowgr_lambda": 0.5}})
+    cells = {c["variant"]: c for c in experiments.expand(write_grid(**keys))}
+    for cell in cells.values():  # rows as the runner wrote them, each with the hash of its config
+        append_row(dict(fake_row(cell), experiment="grid", config_hash=rekey.cell_hash(cell)), "res")
+    append_row(dict(fake_row(cells["lam05"]), experiment="grid", config_hash="other"), "res")  # no cell's config
+    old = {variant: cell.key for variant, cell in cells.items()}
+    with open("base.yaml", "w") as f:  # the default becomes the variant's value: the variant's override is dropped
+        yaml.safe_dump({"gflowgr_lambda": 0.5}, f)
+    experiments._defaults.cache_clear()  # (a new process reads the changed file anyway)
+    new = {c["variant"]: c.key for c in experiments.expand(write_grid(**keys))}
+    assert new["lam05"] == new["plain"] != old["lam05"]
+    report = rekey.rekey(experiments.load_grid("grid.yaml"), "res")
+    # the lambda-0.5 row goes to the cell that now has lambda 0.5; the lambda-0.1 row's config is no cell's any more
+    assert [(o, n) for o, n, _ in report["moved"]] == [(old["lam05"], new["plain"])]
+    assert sorted(report["orphans"]) == sorted([(old["plain"], "tiny TIGER gflowgr-tb seed=7 [plain]"),
+                                                (old["lam05"], "tiny TIGER gflowgr-tb seed=7 [lam05]")])
+    rows = read_rows("res")
+    assert [r["experiment_cell"] for r in rows] == [None, new["plain"], None]
+    assert rows[0]["experiment_cell_before"] == old["plain"]
+    assert set(experiments.done_cells("res")) == {new["plain"]}
+    assert rekey.rekey(experiments.load_grid("grid.yaml"), "res") == {"kept": 1, "moved": [], "orphans": []}
