@@ -6,8 +6,8 @@ grid's cells is set to the cell whose config the row ran with.
 A cell's key is a hash of its overrides, and an override equal to the config's default is dropped (experiments.py):
 so changing a default (in ``small.yaml``, or a key's default in ``recbole_gflowgr/properties/``) changes the keys of
 the cells that set that key (and a changed config file, every key of the grids that read it), and the runner would
-run them again. A row goes to cell C only if the row's ``config_hash`` (every non-volatile key it ran with) equals
-the hash of C's config (the same dataset, model, method and seed, built the way the runner builds it). A row whose
+run them again. A row goes to cell C only if the hash of the keys its run reads (every non-volatile key it ran with;
+for SFT the backbone's keys only, for the control no method's own keys) equals that of C's config (the same dataset, model, method and seed, built the way the runner builds it). A row whose
 config no cell of the grid has any more is orphaned: its ``experiment_cell`` becomes null (the old key is kept as
 ``experiment_cell_before``), so no cell counts it as done, even one whose key did not change but whose config did.
 Rows are rewritten in place, atomically per file.
@@ -25,12 +25,31 @@ from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.foundation.utils import atomic_file
 
 
+def run_hash(plain, model, finetune):
+    """``config_hash`` of the keys a run of ``finetune`` reads: an SFT (or classic) run its backbone keys, the control
+    ``sft-continued`` no method's own keys, a fine-tuning method all; so a changed default of a key a run does not read
+    leaves its row where it is."""
+    from recbole_gflowgr import OUR_MODELS
+    from recbole_gflowgr.finetune import control_keys
+    from recbole_gflowgr.trainer.results import backbone_keys, config_hash
+
+    if model not in OUR_MODELS or finetune == "sft":
+        plain = backbone_keys(plain)
+    elif finetune == "sft-continued":
+        plain = control_keys(plain)
+    return config_hash(plain)
+
+
+def row_hash(row):
+    return run_hash(row["config"], row["model"], row["finetune"]) if row.get("config") else row.get("config_hash")
+
+
 def cell_hash(cell):
-    """``config_hash`` of the config the runner gives ``cell`` (its config files, its overrides, seed, method)."""
+    """:func:`run_hash` of the config the runner gives ``cell`` (its config files, its overrides, seed, method)."""
     from recbole_gflowgr import OUR_MODELS
     from recbole_gflowgr.foundation.paths import REPO_ROOT
     from recbole_gflowgr.quick_start import as_finetuning, load_config
-    from recbole_gflowgr.trainer.results import config_hash, plain_config
+    from recbole_gflowgr.trainer.results import plain_config
 
     files = [f if os.path.isabs(f) else os.path.join(REPO_ROOT, f) for f in cell["config_files"]]
     args = [f"--seed={cell['seed']}"] + ([f"--finetune={cell['finetune']}"] if cell["model"] in OUR_MODELS else [])
@@ -42,7 +61,7 @@ def cell_hash(cell):
         config = load_config(cell["model"], cell["dataset"], files, None, args)
     if cell["model"] in OUR_MODELS and cell["finetune"] != "sft":
         as_finetuning(config)
-    return config_hash(plain_config(config))
+    return run_hash(plain_config(config), cell["model"], cell["finetune"])
 
 
 def rekey(grid, results_dir="results", dry_run=False, hasher=cell_hash):
@@ -73,7 +92,7 @@ def rekey(grid, results_dir="results", dry_run=False, hasher=cell_hash):
             for cell in by_run.get(run_of(row["model"], row["dataset"], row["seed"], row["finetune"]), []):
                 if cell.key not in hashes:
                     hashes[cell.key] = hasher(cell)
-                if hashes[cell.key] == row.get("config_hash"):
+                if hashes[cell.key] == row_hash(row):
                     match = cell
                     break
             what = f"{row['dataset']} {row['model']} {row['finetune']} seed={row['seed']} " \

@@ -24,8 +24,8 @@ LOGITS = torch.tensor([[0.0, 100.0, 3.0, 2.0, 1.0, 0.5, 2.0]])  # (1, 7): item 1
 
 
 def test_rank_percentile_among_the_allowed_items():
-    scorer = CollaborativeScorer(StubSASRec(LOGITS))
-    assert scorer.mode == "percentile"  # the default
+    assert CollaborativeScorer(StubSASRec(LOGITS)).mode == "minmax"  # the default (chosen on the valid split)
+    scorer = CollaborativeScorer(StubSASRec(LOGITS), mode="percentile")
     seq, pos = torch.tensor([[2, 0]]), torch.tensor([4])  # history: item 2; positive: item 4
     s = scorer.score(seq, torch.tensor([1]), pos=pos)[0]  # (7,)
     # allowed: items 1, 3, 5, 6 (logits 100, 2, 0.5, 2): 5 is the lowest (0), 1 the highest (1), 3 and 6 tied:

@@ -338,3 +338,15 @@ def test_rekey_moves_rows_to_the_cell_of_their_config_after_a_default_changed():
     assert rows[0]["experiment_cell_before"] == old["plain"]
     assert set(experiments.done_cells("res")) == {new["plain"]}
     assert rekey.rekey(experiments.load_grid("grid.yaml"), "res") == {"kept": 1, "moved": [], "orphans": []}
+
+
+def test_rekey_compares_only_the_keys_a_run_reads():
+    from recbole_gflowgr.rekey import run_hash
+
+    a, b = {"d_model": 64, "gflowgr_cm_score": "minmax"}, {"d_model": 64, "gflowgr_cm_score": "percentile"}
+    assert run_hash(a, "TIGER", "sft") == run_hash(b, "TIGER", "sft")  # SFT reads no fine-tuning key
+    assert run_hash(a, "TIGER", "sft-continued") == run_hash(b, "TIGER", "sft-continued")  # nor the control
+    assert run_hash(a, "TIGER", "gflowgr-tb") != run_hash(b, "TIGER", "gflowgr-tb")
+    epochs = dict(a, finetune_epochs=3)
+    assert run_hash(epochs, "TIGER", "sft-continued") != run_hash(a, "TIGER", "sft-continued")
+    assert run_hash(dict(a, d_model=32), "TIGER", "sft") != run_hash(a, "TIGER", "sft")

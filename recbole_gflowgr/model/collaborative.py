@@ -2,9 +2,11 @@
 
 :class:`CollaborativeScorer` gives, without gradient and on the training device, scores in [0, 1] of a batch of
 histories against candidate items or the whole catalog (R_cm of GFlowGR's reward, ``gflowgr_cm_score``): per user,
-the rank percentile of an item's SASRec logit among the allowed items (``percentile``, default: not in the history,
-not the positive, not padding; what the adaptive sampler's quantiles rank), or the logits over all items min-max
-normalised (``minmax``: best item of the catalog 1, worst 0). Padding item 0 is never scored above 0.
+the logits over all items min-max normalised (``minmax``, the default: best item of the catalog 1, worst 0), or the
+rank percentile of an item's SASRec logit among the allowed items (``percentile``: not in the history, not the
+positive, not padding; what the adaptive sampler's quantiles rank). Padding item 0 is never scored above 0. The
+default was chosen on the valid split of industrial-scientific (TIGER, seed 42, converged SFT, 6 GFlowGR-TB epochs:
+best valid NDCG@10 .0471 min-max vs .0467 percentile; results/industrial-scientific.jsonl, grid tb-control-cpu).
 
 The CM is trained once per dataset and cached by the runtime (``quick_start.cm_checkpoint``), which also hands its
 item embeddings to LETTER's tokenizer (``quick_start.sasrec_item_embeddings``).
@@ -43,7 +45,7 @@ class CollaborativeScorer:
     on the same RecBole dataset, so their ids agree (checked by the item count at construction).
     """
 
-    def __init__(self, model, mode="percentile"):
+    def __init__(self, model, mode="minmax"):
         if mode not in MODES:
             raise ValueError(f"gflowgr_cm_score='{mode}': use percentile or minmax")
         self.model = model.eval()
