@@ -117,13 +117,27 @@ def sweep_points(grid, results_dir="results", metric="ndcg@10", split="valid"):
     return points
 
 
-def plot_sweep(points, out_dir, metric="ndcg@10", split="valid"):
-    """One PNG per swept key (lines: dataset/model/method; x: the key's values as categories); returns paths."""
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display), imported when a plot is first made."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path):
+    """``fig`` laid out tight, written as a 120-dpi PNG at ``path`` and closed; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
+def plot_sweep(points, out_dir, metric="ndcg@10", split="valid"):
+    """One PNG per swept key (lines: dataset/model/method; x: the key's values as categories); returns paths."""
+    plt = pyplot()
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for key in dict.fromkeys(k[3] for k in points):
@@ -141,11 +155,7 @@ def plot_sweep(points, out_dir, metric="ndcg@10", split="valid"):
         ax.set_xlabel(key)
         ax.set_ylabel(f"{split} {metric}")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"sweep-{key}.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, os.path.join(out_dir, f"sweep-{key}.png")))
     return paths
 
 

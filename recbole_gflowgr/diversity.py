@@ -26,6 +26,7 @@ import time
 import numpy as np
 import torch
 
+from recbole_gflowgr.analysis import pyplot, save_figure
 from recbole_gflowgr.foundation.compat import trusted_torch_load
 from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.trainer.results import read_rows
@@ -143,11 +144,7 @@ def label(stats):
 
 def report(all_stats, out_dir, name):
     """Writes <name>.json, <name>.md and <name>.png under ``out_dir``; returns the markdown table."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     os.makedirs(out_dir, exist_ok=True)
     keys = [k for k in all_stats[0] if k not in ("probs", "checkpoint", "model", "dataset", "k", "seed", "finetune",
                                                  "variant", "wall_s", "device", "commit")]
@@ -162,9 +159,7 @@ def report(all_stats, out_dir, name):
     ax.set_ylabel("count (log scale)")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(out_dir, f"{name}.png"))
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump([{k: v for k, v in s.items() if k != "probs"} for s in all_stats], f, indent=1)
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:

@@ -13,7 +13,7 @@ import collections
 import os
 import sys
 
-from recbole_gflowgr.analysis import grid_rows
+from recbole_gflowgr.analysis import grid_rows, pyplot, save_figure
 from recbole_gflowgr.experiments import load_grid
 from recbole_gflowgr.foundation.errors import ConfigError
 
@@ -76,11 +76,7 @@ def recipe_table(grid, results_dir="results"):
 def plot_curves(grid, results_dir="results", out_dir=None):
     """One PNG per dataset, one panel per model, one line per recipe: valid NDCG@10 against wall minutes since the
     fit started (best epoch marked); returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     curves = collections.OrderedDict()  # dataset -> model -> [(recipe, row)]
     for cell, row in grid_rows(grid, results_dir):
         if row is not None and row.get("valid_curve"):
@@ -103,11 +99,7 @@ def plot_curves(grid, results_dir="results", out_dir=None):
             ax.set_ylabel(f"valid {METRIC}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"{grid['name']}-{dataset}.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, os.path.join(out_dir, f"{grid['name']}-{dataset}.png")))
     return paths
 
 
