@@ -6,6 +6,8 @@ import os
 import subprocess
 import tarfile
 
+import pytest
+
 from conftest import REPO
 
 
@@ -32,8 +34,9 @@ def test_plan_fits_the_call_and_says_its_costs_are_assumed():
     assert set(source.values()) == {"assumed"} and all(f in "\n".join(lines) for f in ("sft-continued", "gflowgr-tb"))
     assert budgets["sft"] == script.SFT_S and end <= script.TOTAL_S
     sft_end = script.simulate(table["setup"], table["sft"], table["valid"], script.SFT_S, 200)[1]
-    assert budgets["finetune"] == int(script.TOTAL_S - 20 - sft_end - script.PACK_S)  # what is left of the call
-    assert any(line.startswith("  1. SFT, time_budget_s=300") for line in lines) and "never measured" in lines[0]
+    # what is left of the call, the cells' time outside their budgets' clocks (before and after) taken off
+    assert budgets["finetune"] == int(script.TOTAL_S - 20 - sft_end - 2 * script.OUTSIDE_S - script.PACK_S)
+    assert any(line.startswith("  1. SFT, time_budget_s=240") for line in lines) and "never measured" in lines[0]
 
 
 def test_measured_epoch_times_of_earlier_gpu_rows_replace_the_assumption():
@@ -42,21 +45,26 @@ def test_measured_epoch_times_of_earlier_gpu_rows_replace_the_assumption():
             for s in (40.0, 60.0)]
     rows.append({"experiment": "beauty-gpu", "finetune": "gflowgr-tb", "epoch_s": 999.0, "device": "cpu (1 threads)"})
     table, source = script.costs(grid, rows, tiny=False)
-    assert (table["gflowgr-tb"], source["gflowgr-tb"]) == (50.0, "measured (2 rows)")
+    # measured while two cells shared the GPU: the cost of one alone is taken as that / SHARED
+    assert table["gflowgr-tb"] * script.SHARED == pytest.approx(50.0) and source["gflowgr-tb"] == "measured (2 rows)"
     assert (table["sft"], source["sft"]) == (script.ASSUMED["sft"], "assumed")
 
 
-def test_tiny_grid_is_the_same_cells_on_ml100k_with_checkpoints_in_its_scratch_folder(tmp_path):
+def test_tiny_grid_is_the_same_cells_with_everything_in_its_scratch_folder(tmp_path):
     grid = script.make_grid(True, str(tmp_path))
-    assert (grid["datasets"], grid["models"], grid["seeds"]) == (["ml-100k"], ["TIGER"], [42])
-    assert grid["finetunes"] == ["sft", "sft-continued", "gflowgr-tb"]
-    assert grid["config"]["checkpoint_dir"] == str(tmp_path / "saved") and grid["name"] == "beauty-gpu-tiny"
+    assert (grid["datasets"], grid["models"], grid["seeds"]) == (["gpu-tiny"], ["TIGER"], [42])
+    assert grid["finetunes"] == ["sft", "sft-continued", "gflowgr-tb"] and grid["name"] == "beauty-gpu-tiny"
+    config = grid["config"]
+    assert (config["checkpoint_dir"], config["data_path"]) == (str(tmp_path / "saved"), str(tmp_path / "dataset"))
+    assert config["collaborative_args"]["results_dir"] == str(tmp_path / "results")  # the CM's row too
+    inter = json.load(open(os.path.join(script.tiny_dataset(str(tmp_path / "data")), "gpu-tiny.inter.json")))
+    assert len(inter) == 300 and all(6 <= len(seq) <= 12 and len(set(seq)) == len(seq) for seq in inter.values())
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(capsys, tmp_path):
     assert script.main(["--dry_run", f"--out={tmp_path / 'out'}"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("time estimate (one H200-class GPU") and "1. SFT, time_budget_s=300" in out
+    assert out.startswith("time estimate (one H200-class GPU") and "1. SFT, time_budget_s=240" in out
     assert "bundle.sh amazon-beauty" in out  # this checkout has no converted amazon-beauty: said, not fatal
     assert not (tmp_path / "out").exists() and not os.path.exists("results")
 

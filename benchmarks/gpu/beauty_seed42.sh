@@ -4,7 +4,7 @@
 # how). Run THERE from the repo root with .whl and .carry carried (docs/experiments.md, "On your own GPU machine"):
 #   bash benchmarks/gpu/beauty_seed42.sh            # the run (~9.5 min; call with timeout_s 600)
 #   DRY=1 bash benchmarks/gpu/beauty_seed42.sh      # the plan and time estimate only
-#   TINY=1 bash benchmarks/gpu/beauty_seed42.sh     # the same mechanics on CPU with ml-100k (minutes, no GPU)
+#   TINY=1 bash benchmarks/gpu/beauty_seed42.sh     # the same mechanics on CPU, synthetic data (minutes, no GPU)
 # Leaves in $OUT: results.tar.gz (python benchmarks/gpu/merge.py <files_at> here), run.log, cell-logs.tar.gz,
 # cm.log, gpu.txt (nvidia-smi before and after).
 set -u
