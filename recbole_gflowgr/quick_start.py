@@ -25,7 +25,7 @@ from recbole_gflowgr.config import PROPERTIES, Config
 from recbole_gflowgr.data import dataset_settings, prepare_dataset
 from recbole_gflowgr.foundation.compat import trusted_torch_load
 from recbole_gflowgr.foundation.errors import ConfigError
-from recbole_gflowgr.trainer import distributed
+from recbole_gflowgr.trainer import budget, distributed
 from recbole_gflowgr.finetune import FINETUNE_HEADS, get_finetune_trainer  # noqa: F401 (FINETUNE_HEADS: old home)
 from recbole_gflowgr.foundation.utils import atomic_file, training_lock
 from recbole_gflowgr.foundation.validation import check_catalogue
@@ -86,9 +86,11 @@ def sft_cache_path(config):
 
 
 def as_finetuning(config):
-    """A fine-tuning run trains ``finetune_epochs`` epochs at ``finetune_learning_rate`` (what its row records)."""
+    """A fine-tuning run trains ``finetune_epochs`` epochs at ``finetune_learning_rate`` within
+    ``finetune_time_budget_s`` (what its row records)."""
     config["epochs"] = config["finetune_epochs"]
     config["learning_rate"] = config["finetune_learning_rate"]
+    config["time_budget_s"] = config["finetune_time_budget_s"]
 
 
 def sft_checkpoint(model, dataset, config_file_list=None, config_dict=None, cmd_args=(), parent=None):
@@ -134,12 +136,14 @@ def load_pretrained(model, path, config):
 
 def training_summary(trainer):
     """Row fields of how training ended: ``epochs_trained``, ``best_epoch`` (both counted from 1), ``stopped_early``
-    (early stopping ended it; False: the epoch bound did) and ``valid_curve`` ([{epoch, elapsed_s, ndcg@10}], one
-    per validation, ``resume.py``)."""
+    (early stopping ended it; False: the epoch bound or the time budget did), ``stopped_by`` (``"early_stopping"``,
+    ``"epochs"`` or ``"time_budget"``, ``budget.py``) and ``valid_curve`` ([{epoch, elapsed_s, ndcg@10}], one per
+    validation, ``resume.py``)."""
     if not getattr(trainer, "resumable", False):
         return {}
     return {"epochs_trained": len(getattr(trainer, "epoch_times", [])), "best_epoch": trainer.best_epoch,
-            "stopped_early": bool(trainer.stopped_early), "valid_curve": list(getattr(trainer, "valid_curve", []))}
+            "stopped_early": bool(trainer.stopped_early), "stopped_by": trainer.stopped_by,
+            "valid_curve": list(getattr(trainer, "valid_curve", []))}
 
 
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=(), saved=True):
@@ -161,6 +165,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         pretrained = config["pretrained_checkpoint"] or sft_checkpoint(
             config["model"], config["dataset"], config_file_list, config_dict, cmd_args, parent=config)
         as_finetuning(config)
+    budget_start = budget.clock()  # time_budget_s counts from here: the SFT run trained above had its own
     if distributed.launching(config):  # --nproc > 1 or a world_size: start the processes, each runs this run()
         return distributed.launch(run, config, model, dataset, config_file_list, config_dict, cmd_args, saved,
                                   pretrained, prepare_caches)
@@ -182,6 +187,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"], config)
     trainer = distributed.trainer_class(trainer_class, config)(config, model)
     trainer.scorer_loader = load_scorer  # the CM's scorer, for the methods that reward with it (finetune/common.py)
+    trainer.budget_start = budget_start
     if config["resume"]:
         trainer.resume_last()  # resume.py: continue from this run's last checkpoint, if any
 

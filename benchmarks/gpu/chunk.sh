@@ -13,13 +13,7 @@ only=${2:-}
 budget=${3:-480}
 out=${OUT:-/tmp/chunk-out}
 mkdir -p "$out"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "error: installing the carried wheels failed" >&2; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1
-[ -d .carry ] && cp -rn .carry/dataset .carry/saved .
+source benchmarks/gpu/env.sh  # the carried wheels and caches
 nvidia-smi > "$out/gpu.txt" 2>&1
 start=$(date +%s)
 timeout --signal=INT --kill-after=20 "$budget" python3 -m recbole_gflowgr.experiments --grid="$grid" --only="$only" \

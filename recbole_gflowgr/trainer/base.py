@@ -12,6 +12,7 @@ from recbole.utils import set_color
 from recbole_gflowgr.foundation.compat import trusted_checkpoints
 from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.foundation.utils import atomic_file, atomic_save
+from recbole_gflowgr.trainer import budget
 from recbole_gflowgr.trainer.numerics import diverged
 from recbole_gflowgr.trainer.resume import (LAST_SUFFIX, _generator, _reason, read_checkpoint, rng_states, run_id,
                                             set_rng_states)
@@ -36,6 +37,8 @@ class TrainerMixin:
       keys) on the optimiser that ``_build_optimizer`` returns (every param group from its own base lr, so also
       GFlowGR's log Z group), stepped per optimiser step; its state is in the last checkpoint. The lr is logged
       per epoch (log and tensorboard ``train/lr``).
+    * A wall-clock budget (``budget.py``: ``time_budget_s``), checked by the fit loop's callback after each
+      validation; when it ends training, ``fit`` returns the best result so far as early stopping would.
 
     One class, one override per RecBole hook: at most 3 classes stand between RecBole's ``Trainer`` and any
     method's trainer (``tests/test_architecture.py``).
@@ -50,6 +53,8 @@ class TrainerMixin:
     def __init__(self, config, model):
         self.amp_dtype = amp_dtype(config)
         self.schedule = Schedule(schedule_config(config, finetuning(config)))
+        self.time_budget_s = float(config["time_budget_s"] or 0)  # fine-tuning runs: finetune_time_budget_s
+        self.budget_start, self.budget_ended, self.valid_times = budget.clock(), False, []  # run() sets budget_start
         super().__init__(config, model)
         # RecBole names checkpoints <model>-<local time to the second>.pth: two runs started in the same second
         # (a grid with --jobs, tests) would overwrite each other's file
@@ -88,14 +93,39 @@ class TrainerMixin:
                 self.save_last(epoch_idx)
             if callback_fn is not None:
                 callback_fn(epoch_idx, valid_score)
+            self.check_budget(epoch_idx)  # raises budget.BudgetSpent: RecBole's loop has no other way out
 
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn=end_of_epoch)
+        try:
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn=end_of_epoch)
+        except budget.BudgetSpent:
+            self._add_hparam_to_tensorboard(self.best_valid_score)  # what RecBole's fit does after its loop
+            return self.best_valid_score, self.best_valid_result
+
+    def check_budget(self, epoch):
+        """After validation ``epoch`` (0-based): raise :class:`budget.BudgetSpent` when the next validation interval
+        and the test evaluation would overrun ``time_budget_s`` (unless early stopping or the cap ends training
+        here anyway). Every process of a multi-process run follows global rank 0's decision."""
+        if not self.time_budget_s or epoch + 1 >= self.epochs or self.cur_step > self.stopping_step:
+            return
+        left = self.epochs - epoch - 1
+        stop = budget.overruns(budget.clock() - self.budget_start, budget.mean(getattr(self, "epoch_times", [])),
+                               budget.mean(self.valid_times), min(self.eval_step, left), self.time_budget_s)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            decision = [stop]
+            torch.distributed.broadcast_object_list(decision, src=0)
+            stop = decision[0]
+        if stop:
+            self.budget_ended = True
+            self.logger.info(f"time budget: {budget.clock() - self.budget_start:.0f} of {self.time_budget_s:.0f} s "
+                             f"spent; the next epoch and the test evaluation would overrun it: training ends after "
+                             f"epoch {epoch} (best checkpoint evaluated on test)")
+            raise budget.BudgetSpent()
 
     def current_lr(self):
         return self.optimizer.param_groups[0]["lr"] if hasattr(self, "optimizer") else None
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
-        start, lr = time.perf_counter(), self.current_lr()
+        start, lr = budget.clock(), self.current_lr()
         self.current_epoch = epoch_idx
         if lr is not None:
             self.logger.info(f"epoch {epoch_idx} lr: {lr:.3g} ({self.schedule.kind}, step {self.lr_scheduler.last_epoch})")
@@ -109,7 +139,7 @@ class TrainerMixin:
             return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
         finally:
             torch.set_autocast_dtype(device_type, before)
-            self.epoch_times = getattr(self, "epoch_times", []) + [time.perf_counter() - start]
+            self.epoch_times = getattr(self, "epoch_times", []) + [budget.clock() - start]
 
     def _check_nan(self, loss):
         """RecBole's ``ValueError('Training loss is nan')`` as a :class:`TrainingError` (also for ``inf``)."""
@@ -118,11 +148,19 @@ class TrainerMixin:
 
     @property
     def stopped_early(self):
-        """Whether early stopping ended training (False: the epoch bound did, or no validation ran)."""
+        """Whether early stopping ended training (False: the epoch bound or the time budget did, or no validation
+        ran)."""
         return self.cur_step > self.stopping_step
 
+    @property
+    def stopped_by(self):
+        """What ended training: "early_stopping", "epochs" (the cap) or "time_budget" (``budget.py``)."""
+        return budget.stop_reason(self.budget_ended, self.stopped_early)
+
     def _valid_epoch(self, *args, **kwargs):
+        start = budget.clock()
         score, result = super()._valid_epoch(*args, **kwargs)
+        self.valid_times.append(budget.clock() - start)
         self._last_valid_result = result
         return score, result
 
