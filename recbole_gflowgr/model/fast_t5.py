@@ -31,8 +31,7 @@ def dropout_mask(shape, p, device, dtype=torch.float32):
     r = bits.view(torch.int16)[:n].view(shape)  # each uniform over [-32768, 32767]
     drop = int(round(p * 65536))
     keep = r >= drop - 32768  # P(keep) = 1 - drop / 65536
-    return torch.where(keep, torch.tensor(65536.0 / (65536 - drop), dtype=dtype, device=device),
-                       torch.zeros((), dtype=dtype, device=device))
+    return keep.to(dtype).mul_(65536.0 / (65536 - drop))
 
 
 def fast_dropout(x, p, training=True):
@@ -49,6 +48,10 @@ class FastDropout(nn.Dropout):
         return fast_dropout(x, self.p, self.training)
 
 
+_LAST_BIAS = [None, None, None, None]  # (position bias, mask, causal, additive mask) of the last call: T5 passes the
+# same position bias and mask to every layer of a stack, so the additive mask is built once per stack, not per layer
+
+
 def fast_dropout_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                            position_bias=None, **kwargs):
     """HF attention interface (B, H, Q, d_kv) -> ((B, Q, H, d_kv), None): HF's sdpa without dropout; with dropout,
@@ -58,7 +61,11 @@ def fast_dropout_attention(module, query, key, value, attention_mask, dropout=0.
                                       is_causal=is_causal, position_bias=position_bias, **kwargs)
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = query.shape[2] > 1 and attention_mask is None and is_causal
-    if position_bias is not None:
+    key_ = (position_bias, attention_mask, causal)
+    tensors = position_bias is not None or attention_mask is not None
+    if tensors and all(a is b for a, b in zip(key_, _LAST_BIAS[:3])):  # the next layer of a stack: the same mask
+        bias = _LAST_BIAS[3]
+    elif position_bias is not None:
         bias = create_position_bias_mask(position_bias, attention_mask, causal, query, key)  # (B|1, H, Q, K) additive
     elif attention_mask is not None:
         bias = attention_mask if attention_mask.dtype != torch.bool else torch.where(
@@ -69,6 +76,7 @@ def fast_dropout_attention(module, query, key, value, attention_mask, dropout=0.
         bias = torch.where(allowed, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
     else:
         bias = None
+    _LAST_BIAS[:] = [*key_, bias]
     scores = torch.matmul(query, key.transpose(2, 3))  # (B, H, Q, K)
     if scaling is not None and scaling != 1.0:
         scores = scores * scaling
