@@ -8,7 +8,9 @@ from torch import nn
 
 import run_recbole_gflowgr
 from gr_helpers import TINY_GR, patch_gr, with_args
-from recbole_gflowgr.model.fast_t5 import FAST_ATTENTION, FastDropout, dropout_mask
+from recbole_gflowgr.model.beam_search import sequence_log_probs
+from recbole_gflowgr.model import fast_t5
+from recbole_gflowgr.model.fast_t5 import FAST_ATTENTION, FastDropout, dropout_mask, grouped_cross_attention
 from recbole_gflowgr.quick_start import load_config, prepare_data
 from recbole_gflowgr.registry import get_model
 
@@ -73,6 +75,44 @@ def test_fast_dropout_is_the_same_model(monkeypatch):
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
     for name, grad in grads.items():
         torch.testing.assert_close(fast_grads[name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_fast_dropout_groups_the_candidates_cross_attention(monkeypatch):
+    """M teacher-forced candidates per user (GFlowGR, the baselines) on one copy of the encoder K/V: the log-probs,
+    decoder states and gradients of the default model's M-fold copies (eval mode, and train mode with p -> 0)."""
+    plain, batch = build(monkeypatch)
+    fast, _ = build(monkeypatch, "--fast_dropout=True")
+    fast.load_state_dict(plain.state_dict())
+    ids, mask = plain.encoder_inputs(batch)  # (B, S)
+    mask[0, -2:] = 0  # some padding in the cross-attention
+    items = torch.randint(1, plain.n_items, (len(ids), 3), generator=torch.Generator().manual_seed(0))  # (B, M=3)
+    calls = []
+    monkeypatch.setattr(fast_t5, "grouped_cross_attention",
+                        lambda *a, **k: calls.append(1) or grouped_cross_attention(*a, **k))
+
+    def run(model):
+        model.zero_grad()
+        lp, hidden = sequence_log_probs(model.t5, ids, mask, model.trie, items - 1, return_hidden=True)
+        (lp.sum() + hidden.pow(2).mean()).backward()
+        return [lp.detach(), hidden.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    for train in (False, True):
+        plain.train(train), fast.train(train)
+        for m in fast.t5.modules():
+            if isinstance(m, FastDropout):
+                m.p = 1e-9 * train
+            elif isinstance(getattr(m, "dropout", None), float):
+                m.dropout = 1e-9 * train
+        for m in plain.t5.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+            elif isinstance(getattr(m, "dropout", None), float):
+                m.dropout = 0.0
+        expected, got = run(plain), run(fast)
+        assert len(expected) == len(got) > 10
+        for a, b in zip(expected, got):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    assert len(calls) == 2 * 2  # both decoder layers, eval and train
 
 
 def test_fast_dropout_trains_with_dropout(monkeypatch):

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from recbole_gflowgr.model.decoder_steps import STEPPERS, cross_keys_values
+from recbole_gflowgr.model.fast_t5 import FAST_ATTENTION
 from recbole_gflowgr.model.trie import SemanticIDTrie, constrained_log_softmax
 
 __all__ = [
@@ -207,8 +208,11 @@ def _shared_encoder_decode(model, dec_in, enc, attention_mask, M):
     if M > 1:
         config = decoder.config
         cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        grouped = config._attn_implementation == FAST_ATTENTION  # fast_dropout: one K/V copy per user
         for i, (k, v) in enumerate(cross_keys_values(decoder, enc)):  # (B, H, S, dk) -> (B*M, H, S, dk)
-            cache.cross_attention_cache.update(k.repeat_interleave(M, dim=0), v.repeat_interleave(M, dim=0), i)
+            if not grouped:
+                k, v = k.repeat_interleave(M, dim=0), v.repeat_interleave(M, dim=0)
+            cache.cross_attention_cache.update(k, v, i)
             cache.is_updated[i] = True
         # every layer reads its cross K/V from the cache, so HF only needs the states' shape: a zero-stride view
         # instead of an M-fold copy of them (and of its backward); the same result, bit for bit

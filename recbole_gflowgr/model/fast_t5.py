@@ -6,7 +6,9 @@ numerics and random stream are those of plain HF T5). Measured by ``benchmarks/t
   ``bernoulli_`` (one draw per element; the profile's largest op after the matmuls). The drop probability is rounded
   to a multiple of 1/65536 (0.1 -> 0.100006); the masks are another random stream, so results are not bit-equal to
   a default run. Attention runs as HF's sdpa path does (position bias and padding as an additive float mask,
-  softmax, dropout, @ V) but with this dropout; without dropout (eval, p = 0) it is HF's sdpa call itself.
+  softmax, dropout, @ V) but with this dropout; without dropout (eval, p = 0) it is HF's sdpa call itself. The M
+  teacher-forced candidates per user of GFlowGR and the baselines (``beam_search.sequence_log_probs``) then attend
+  to one copy of the user's encoder K/V (:func:`grouped_cross_attention`), the same function up to float rounding.
 * ``compile``: ``torch.compile`` (inductor) of the T5 ``forward`` (and so its backward), with dynamic shapes (the
   length groups change the sequence length every call). Inductor draws dropout masks with its own generator, so
   the random stream changes; without dropout the loss equals eager within float rounding
@@ -56,7 +58,10 @@ def fast_dropout_attention(module, query, key, value, attention_mask, dropout=0.
                            position_bias=None, **kwargs):
     """HF attention interface (B, H, Q, d_kv) -> ((B, Q, H, d_kv), None): HF's sdpa without dropout; with dropout,
     the same computation written out so that the probabilities go through :func:`fast_dropout`."""
-    if not module.training or dropout == 0:
+    dropout = dropout if module.training else 0.0
+    if key.shape[0] != query.shape[0]:  # one copy of the encoder's K/V per user, M decoder rows per user
+        return grouped_cross_attention(query, key, value, attention_mask, dropout, scaling)
+    if dropout == 0:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling,
                                       is_causal=is_causal, position_bias=position_bias, **kwargs)
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -84,6 +89,29 @@ def fast_dropout_attention(module, query, key, value, attention_mask, dropout=0.
         scores = scores + bias
     probs = fast_dropout(torch.softmax(scores.float(), dim=-1).to(value.dtype), dropout)  # (B, H, Q, K)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+def grouped_cross_attention(query, key, value, attention_mask, dropout=0.0, scaling=None):
+    """Cross-attention of M decoder rows per user (R = B * M rows, user b's are b*M .. b*M + M - 1) to one copy
+    of each user's encoder K/V (B, H, S, d_kv): the M * Q queries of a user form one (M * Q, S) score matrix, so K/V
+    are neither copied M times nor multiplied in M small blocks. ``attention_mask``: the decoder's (R, 1, Q, S)
+    padding mask (bool or additive; None = no padding); T5's cross-attention has no position bias. Returns
+    (R, Q, H, d_kv), None."""
+    B, H, S, d = key.shape
+    R, _, Q, _ = query.shape
+    M = R // B
+    q = query.view(B, M, H, Q, d).transpose(1, 2).reshape(B, H, M * Q, d)  # (B, H, M*Q, d)
+    scores = torch.matmul(q, key.transpose(2, 3))  # (B, H, M*Q, S)
+    if scaling is not None and scaling != 1.0:
+        scores = scores * scaling
+    if attention_mask is not None:
+        mask = attention_mask[::M, :, :1]  # (B, 1, 1, S): padding does not depend on the query
+        if mask.dtype == torch.bool:
+            mask = torch.where(mask, 0.0, torch.finfo(scores.dtype).min).to(scores.dtype)
+        scores = scores + mask
+    probs = fast_dropout(torch.softmax(scores.float(), dim=-1).to(value.dtype), dropout)  # (B, H, M*Q, S)
+    out = torch.matmul(probs, value)  # (B, H, M*Q, d)
+    return out.view(B, H, M, Q, d).permute(0, 2, 3, 1, 4).reshape(R, Q, H, d), None
 
 
 ALL_ATTENTION_FUNCTIONS.register(FAST_ATTENTION, fast_dropout_attention)
