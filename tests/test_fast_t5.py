@@ -139,6 +139,19 @@ def test_compile_gives_the_eager_loss(monkeypatch):
         torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-4)
 
 
+def test_frozen_reference_of_a_compiled_model_is_its_own(monkeypatch):
+    """compile: True binds the compiled ``forward`` to the policy; the baselines' frozen reference copy must not
+    call it (it would run the policy's weights): it runs eager on its own (torch.compile is lazy: nothing compiles
+    here)."""
+    from recbole_gflowgr.finetune.common import freeze
+
+    compiled, _ = build(monkeypatch, "--compile=True")
+    assert "forward" in compiled.t5.__dict__ and "forward" in compiled.t5.get_encoder().__dict__
+    ref = freeze(compiled.t5)
+    assert not any("forward" in m.__dict__ for m in ref.modules())
+    assert ref.forward.__self__ is ref
+
+
 def test_bad_speed_key_is_one_clear_error(monkeypatch, capsys):
     args = patch_gr(monkeypatch) + with_args(TINY_GR, ["--fast_dropout=maybe"])
     assert run_recbole_gflowgr.main(["--model=TIGER"] + args) == 2
