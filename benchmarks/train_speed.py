@@ -11,7 +11,11 @@ amazon-beauty (when its data are under ../shared/data) with ``properties/small.y
     theoretical gflowgr-tb/sft <dataset>: <y>x           (analytic FLOPs, :func:`step_flops`, at the batches' history lengths)
 
 and, timed in the same turns, SFT padded to the batch's longest history (the previous way) against ours
-(``--profile=N``: also the top N ops of the SFT step by self CPU time, torch.profiler).
+(``--profile=N``: also the top N ops of the SFT and GFlowGR-TB steps by self CPU time, torch.profiler). The same
+lines follow, tagged ``(fast_dropout on)``, for a model with the ``fast_dropout`` key on (same weights, same batches,
+in the same turns; ``--fast_dropout=0``: not timed) with its speed-up over the default keys; ``--compile`` adds
+``compile: True`` (inductor: minutes of compilation, timed apart) and its eval-mode loss difference to eager.
+``--only=a,b`` measures only those datasets.
 
 With ``--dataset=<name>`` it runs the detailed comparison on that dataset only (``--size=paper|small``):
 
