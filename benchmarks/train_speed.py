@@ -11,7 +11,11 @@ amazon-beauty (when its data are under ../shared/data) with ``properties/small.y
     theoretical gflowgr-tb/sft <dataset>: <y>x           (analytic FLOPs, :func:`step_flops`, at the batches' history lengths)
 
 and, timed in the same turns, SFT padded to the batch's longest history (the previous way) against ours
-(``--profile=N``: also the top N ops of the SFT step by self CPU time, torch.profiler).
+(``--profile=N``: also the top N ops of the SFT and GFlowGR-TB steps by self CPU time, torch.profiler). The same
+lines follow, tagged ``(fast_dropout on)``, for a model with the ``fast_dropout`` key on (same weights, same batches,
+in the same turns; ``--fast_dropout=0``: not timed) with its speed-up over the default keys; ``--compile`` adds
+``compile: True`` (inductor: minutes of compilation, timed apart) and its eval-mode loss difference to eager.
+``--only=a,b`` measures only those datasets.
 
 With ``--dataset=<name>`` it runs the detailed comparison on that dataset only (``--size=paper|small``):
 
@@ -148,6 +152,7 @@ def gflowgr_step(config, model, train_data, n_batches):
 
     cm_config = load_config("SASRec", config["dataset"], config_dict={"show_progress": False})
     trainer = GFlowGRTrainer(config, model)
+    torch.manual_seed(0)  # every model's step gets the same (untrained) collaborative model
     trainer.scorer = CollaborativeScorer(SASRec(cm_config, train_data._dataset))
     trainer.epoch_idx, trainer.n_batches, trainer.batch_idx = 0, n_batches, 0
     trainer.stats = {"log_z": 0.0, "reward": 0.0, "weight": 0.0}
@@ -159,6 +164,56 @@ def gflowgr_step(config, model, train_data, n_batches):
     return step
 
 
+def steps(config, model, train_data, n_batches):
+    """(SFT step (batch, length groups), GFlowGR-TB step (batch)) of ``model``, each with its own optimiser."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    buckets = config["length_buckets"]
+
+    def sft_step(batch, groups=buckets):
+        model.length_buckets = groups
+        opt.zero_grad()
+        model.calculate_loss(batch).backward()
+        opt.step()
+
+    gfn = gflowgr_step(config, model, train_data, n_batches)
+
+    def gfn_step(batch):
+        model.length_buckets = buckets  # as SFT (ours): per history-length group
+        gfn(batch)
+    return sft_step, gfn_step
+
+
+def with_keys(config, model, train_data, keys):
+    """A TIGER built with the config ``keys`` (e.g. ``{"fast_dropout": True}``) on, with ``model``'s weights."""
+    old = {key: config[key] for key in keys}
+    try:
+        for key, value in keys.items():
+            config[key] = value
+        torch.manual_seed(0)
+        other = get_model("TIGER")(config, train_data._dataset)
+    finally:
+        for key, value in old.items():
+            config[key] = value
+    other.load_state_dict(model.state_dict(), strict=False)  # gflow_heads: built by each one's trainer
+    return other
+
+
+def compile_check(config, model, train_data, batch):
+    """(seconds to compile, |loss - eager loss|) of ``compile: True`` on ``batch``, eval mode (no dropout: the two
+    random streams differ), forward and backward."""
+    other = with_keys(config, model, train_data, {"compile": True})
+    losses = []
+    for m in (model, other):
+        m.eval()
+        start = time.perf_counter()
+        loss = m.calculate_loss(batch)
+        loss.backward()
+        losses.append((float(loss), time.perf_counter() - start))
+        m.zero_grad()
+        m.train()
+    return losses[1][1], abs(losses[0][0] - losses[1][0])
+
+
 def measure(dataset, files, args, peak):
     """Per-dataset lines of the default run (see the module docstring)."""
     config, model, train_data, batches = build(dataset, files, args.n_aug, args.batches)
@@ -167,21 +222,20 @@ def measure(dataset, files, args, peak):
           f"{sum(p.numel() for p in model.t5.parameters()) / 1e6:.2f}M parameters, batch {len(batches[0])}, "
           f"MAX_ITEM_LIST_LENGTH {config['MAX_ITEM_LIST_LENGTH']}, mean history "
           f"{float(batches[1][model.ITEM_SEQ_LEN].float().mean()):.1f} items of {model.code_len} tokens")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def sft_step(batch, buckets=config["length_buckets"]):
-        model.length_buckets = buckets
-        opt.zero_grad()
-        model.calculate_loss(batch).backward()
-        opt.step()
-
-    gfn = gflowgr_step(config, model, train_data, len(batches))
-
-    def gfn_step(batch):
-        model.length_buckets = config["length_buckets"]  # as SFT (ours): per history-length group
-        gfn(batch)
-
-    t = time_interleaved({"sft": sft_step, "sft-longest": lambda b: sft_step(b, 1), "gfn": gfn_step}, batches)
+    variants = {"fast_dropout": {"fast_dropout": True}} if args.fast_dropout else {}
+    if args.compile:
+        variants["compile"] = {"compile": True}
+    others = {name: with_keys(config, model, train_data, keys) for name, keys in variants.items()}
+    sft_step, gfn_step = steps(config, model, train_data, len(batches))
+    timed = {"sft": sft_step, "sft-longest": lambda b: sft_step(b, 1), "gfn": gfn_step}
+    warm = {}
+    for name, other in others.items():
+        timed[f"sft {name}"], timed[f"gfn {name}"] = steps(config, other, train_data, len(batches))
+        for kind in ("sft", "gfn"):  # the first steps compile (compile: True): timed apart
+            start = time.perf_counter()
+            timed[f"{kind} {name}"](batches[0])
+            warm[f"{kind} {name}"] = time.perf_counter() - start
+    t = time_interleaved(timed, batches)
     model.length_buckets = config["length_buckets"]
     with FlopCounterMode(display=False) as counter:
         sft_step(batches[1])
@@ -194,32 +248,49 @@ def measure(dataset, files, args, peak):
     useful = theory[0][0]  # analytic FLOPs of the step on batch 1 (true lengths, attention included)
     print(f"SFT FLOPs of batch 1: analytic {useful / 1e9:.2f} G (true lengths); FlopCounterMode {counted / 1e9:.2f} G "
           "(the matmuls run, padding of each length group included)")
-    print(f"SFT sequences/s {dataset}: {n_seq / t['sft']:.0f}")
-    sft_rate = sft_flops / (t["sft"] * len(theory))
-    print(f"SFT FLOP share {dataset}: {sft_rate / peak:.0%} ({sft_rate / 1e9:.1f} G/s analytic model FLOPs of "
-          f"{peak / 1e9:.1f} G/s dense matmul)")
-    print(f"ratio gflowgr-tb/sft {dataset}: {t['gfn'] / t['sft']:.2f}x")
+    for name in [""] + list(others):  # the default keys, then each variant: its lines end with (<keys> on)
+        sft, gfn, tag = t[f"sft {name}".strip()], t[f"gfn {name}".strip()], f" ({name} on)" if name else ""
+        sft_rate = sft_flops / (sft * len(theory))
+        print(f"SFT sequences/s {dataset}{tag}: {n_seq / sft:.0f}")
+        print(f"SFT FLOP share {dataset}{tag}: {sft_rate / peak:.0%} ({sft_rate / 1e9:.1f} G/s analytic model FLOPs "
+              f"of {peak / 1e9:.1f} G/s dense matmul)")
+        print(f"ratio gflowgr-tb/sft {dataset}{tag}: {gfn / sft:.2f}x")
+        if name:
+            print(f"{name} vs default keys {dataset} (same batches, in turn): SFT {t['sft'] / sft:.2f}x, GFlowGR-TB "
+                  f"{t['gfn'] / gfn:.2f}x faster; first steps (compilation) SFT {warm['sft ' + name]:.1f} s, "
+                  f"GFlowGR-TB {warm['gfn ' + name]:.1f} s")
     print(f"theoretical gflowgr-tb/sft {dataset}: {gfn_flops / sft_flops:.2f}x")
-    if args.profile:  # where the SFT step's time goes (torch.profiler, self CPU time per op)
+    if args.compile:
+        seconds, diff = compile_check(config, model, train_data, batches[1])
+        print(f"compile exactness {dataset}: |loss - eager| = {diff:.2e} (eval mode, batch 1; compiling it: {seconds:.1f} s)")
+    if args.profile:  # where the steps' time goes (torch.profiler, self CPU time per op)
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for batch in batches[1:]:
-                sft_step(batch)
-        print(f"SFT step profile {dataset}:")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
+        for name in ["sft", "gfn"] + [f"{kind} {name}" for name in others for kind in ("sft", "gfn")]:
+            step = timed[name]
+            name = name.replace("sft", "SFT").replace("gfn", "GFlowGR-TB")
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for batch in batches[1:]:
+                    step(batch)
+            print(f"{name} step profile {dataset}:")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default=None, help="one dataset, detailed comparison (default: the summary of "
                                                         "industrial-scientific, ml-100k and amazon-beauty)")
+    parser.add_argument("--only", default=None, help="summary mode: only these datasets (comma-separated)")
     parser.add_argument("--size", default="paper", choices=["paper", "small"])
     parser.add_argument("--batches", type=int, default=None, help="timed batches (default 4; 10 with --dataset)")
     parser.add_argument("--n_aug", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--profile", type=int, default=0, help="summary mode: print the top N ops of the SFT step "
-                                                               "(torch.profiler) per dataset")
+    parser.add_argument("--fast_dropout", type=int, default=1, help="summary mode: also time fast_dropout: True on the "
+                                                                    "same batches (default 1; 0 = off)")
+    parser.add_argument("--compile", action="store_true", help="summary mode: also time compile: True (inductor; "
+                                                               "compiles for minutes) and check its loss")
+    parser.add_argument("--profile", type=int, default=0, help="summary mode: print the top N ops of the SFT and the "
+                                                               "GFlowGR-TB step (torch.profiler) per dataset")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -233,6 +304,8 @@ def main():
     peak = matmul_flops()
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, dense 1024^3 matmul {peak / 1e9:.1f} G FLOP/s")
     for dataset, files in DATASETS:
+        if args.only and dataset not in args.only.split(","):
+            continue
         spec = get_dataset_spec(dataset)
         if spec is not None and not os.path.isdir(spec.default_source):
             print(f"\n{dataset}: skipped (no data at {spec.default_source})")
@@ -280,22 +353,7 @@ def detailed(args):
     peak = matmul_flops()
     print(f"model FLOP/s {achieved / 1e9:.1f} G vs dense 1024^3 matmul {peak / 1e9:.1f} G: {achieved / peak:.0%}")
 
-    from recbole.model.sequential_recommender import SASRec
-
-    from recbole_gflowgr.model.collaborative import CollaborativeScorer
-    from recbole_gflowgr.finetune.gflowgr.trainer import GFlowGRTrainer
-
-    cm_config = load_config("SASRec", args.dataset, config_dict={"show_progress": False})
-    trainer = GFlowGRTrainer(config, model)
-    trainer.scorer = CollaborativeScorer(SASRec(cm_config, train_data._dataset))
-    trainer.epoch_idx, trainer.n_batches, trainer.batch_idx = 0, len(batches), 0
-    trainer.stats = {"log_z": 0.0, "reward": 0.0, "weight": 0.0}
-
-    def gfn_step(batch):
-        trainer.optimizer.zero_grad()
-        sum(trainer.gflowgr_loss(batch)).backward()
-        trainer.optimizer.step()
-
+    gfn_step = gflowgr_step(config, model, train_data, len(batches))
     pair = time_interleaved({"sft": sft_step, "gfn": gfn_step}, batches)  # SFT and GFlowGR in turn, same batches
     print(f"GFlowGR-TB (N={args.n_aug}): {pair['gfn']:.3f} s/batch vs SFT (bucketed) {pair['sft']:.3f} s/batch in "
           f"turn on the same batches: {pair['gfn'] / pair['sft']:.2f}x")

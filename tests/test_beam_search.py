@@ -216,6 +216,44 @@ def test_shared_cross_attention_equals_repeated_encoder_states_in_train_mode(set
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_shared_cross_attention_is_bit_identical_to_the_copied_encoder_states(setup):
+    """The decoder's encoder states as a zero-stride view (their values are never read: every layer's cross K/V
+    comes from the cache) give the states and gradients of the previous way, an M-fold copy, bit for bit."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    from recbole_gflowgr.model.decoder_steps import cross_keys_values
+
+    model, trie, ids, mask = setup
+    model.train()
+    targets = torch.tensor([[0, 5, 6], [1, 2, 3], [4, 10, 11], [7, 8, 9]])  # (B, M=3)
+
+    def previous():
+        enc = encode(model, ids, mask)
+        tokens = trie.codes[targets.reshape(-1)]  # (B*M, L)
+        dec_in = torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)
+        decoder = model.get_decoder()
+        cache = EncoderDecoderCache(DynamicCache(config=decoder.config), DynamicCache(config=decoder.config))
+        for i, (k, v) in enumerate(cross_keys_values(decoder, enc)):
+            cache.cross_attention_cache.update(k.repeat_interleave(3, dim=0), v.repeat_interleave(3, dim=0), i)
+            cache.is_updated[i] = True
+        return decoder(input_ids=dec_in, encoder_hidden_states=enc.repeat_interleave(3, dim=0),
+                       encoder_attention_mask=mask.repeat_interleave(3, dim=0), cache=cache,
+                       use_cache=True).last_hidden_state.view(4, 3, trie.L, -1)
+
+    def ours():
+        return sequence_log_probs(model, ids, mask, trie, targets, return_hidden=True)[1]
+
+    results = []
+    for run in (previous, ours):
+        model.zero_grad()
+        torch.manual_seed(7)  # the same dropout masks
+        hidden = run()
+        hidden.pow(2).sum().backward()
+        results.append([hidden.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 10
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def test_beam_size_validation(setup):
     model, trie, ids, mask = setup
     with pytest.raises(ValueError):

@@ -57,6 +57,8 @@ def require_choice(config, key, options):
 def freeze(module):
     """A frozen deep copy: eval mode, ``requires_grad`` False, never updated (the reference policy)."""
     ref = copy.deepcopy(module).eval()
+    for m in ref.modules():  # compile: True binds `forward` to the original module (fast_t5.compile_t5): run eager
+        m.__dict__.pop("forward", None)
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from recbole_gflowgr.model.decoder_steps import STEPPERS, cross_keys_values
+from recbole_gflowgr.model.fast_t5 import FAST_ATTENTION
 from recbole_gflowgr.model.trie import SemanticIDTrie, constrained_log_softmax
 
 __all__ = [
@@ -203,15 +204,21 @@ def _shared_encoder_decode(model, dec_in, enc, attention_mask, M):
     computation and gradients (train mode included: T5 has no dropout on the key/value side)."""
     decoder = model.get_decoder()
     mask = attention_mask.repeat_interleave(M, dim=0) if attention_mask is not None else None
-    cache = None
+    cache, states = None, enc
     if M > 1:
         config = decoder.config
         cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        grouped = config._attn_implementation == FAST_ATTENTION  # fast_dropout: one K/V copy per user
         for i, (k, v) in enumerate(cross_keys_values(decoder, enc)):  # (B, H, S, dk) -> (B*M, H, S, dk)
-            cache.cross_attention_cache.update(k.repeat_interleave(M, dim=0), v.repeat_interleave(M, dim=0), i)
+            if not grouped:
+                k, v = k.repeat_interleave(M, dim=0), v.repeat_interleave(M, dim=0)
+            cache.cross_attention_cache.update(k, v, i)
             cache.is_updated[i] = True
-    return decoder(input_ids=dec_in, encoder_hidden_states=enc.repeat_interleave(M, dim=0),
-                   encoder_attention_mask=mask, cache=cache, use_cache=cache is not None).last_hidden_state
+        # every layer reads its cross K/V from the cache, so HF only needs the states' shape: a zero-stride view
+        # instead of an M-fold copy of them (and of its backward); the same result, bit for bit
+        states = enc.new_zeros(()).expand(enc.shape[0] * M, *enc.shape[1:])  # (B*M, S, d), no memory
+    return decoder(input_ids=dec_in, encoder_hidden_states=states, encoder_attention_mask=mask, cache=cache,
+                   use_cache=cache is not None).last_hidden_state
 
 
 def sequence_log_probs(model, input_ids, attention_mask, trie: SemanticIDTrie, target_items: torch.Tensor,

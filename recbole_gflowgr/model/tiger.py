@@ -20,6 +20,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.model.beam_search import SemanticIDTrie, constrained_beam_search, sequence_log_probs
+from recbole_gflowgr.model.fast_t5 import compile_t5, use_fast_dropout
 
 N_SPECIAL = 2  # pad (= decoder start), eos
 
@@ -76,6 +77,10 @@ class TIGER(SequentialRecommender):
             relative_attention_num_buckets=config["relative_attention_num_buckets"],
         )
         self.t5 = T5ForConditionalGeneration(t5)
+        if config["fast_dropout"]:  # opt-in speed-ups (fast_t5.py); off by default: the default numerics stay HF's
+            use_fast_dropout(self.t5)
+        if config["compile"]:
+            compile_t5(self.t5)
         getLogger().info(f"{type(self).__name__}: {len(self._trie)} items, IDs of {self.code_len} tokens, "
                          f"vocabulary {t5.vocab_size}")
 
