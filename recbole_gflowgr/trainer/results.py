@@ -21,6 +21,7 @@ VOLATILE_KEYS = {"seed", "data_path", "checkpoint_dir", "results_dir", "show_pro
 # the keys existed (the collaborative model's cache, SFT caches, resume ids)
 NEUTRAL_KEYS = {prefix + key: value for prefix in ("", FINETUNE_PREFIX) for key, value in NEUTRAL.items()}
 NEUTRAL_KEYS.update({"time_budget_s": 0, FINETUNE_PREFIX + "time_budget_s": 0})  # budget.py: off
+NEUTRAL_KEYS.update({"fast_dropout": False, "compile": False})  # fast_t5.py: off (HF T5's own numerics)
 TAG_KEYS = ("experiment", "experiment_cell", "experiment_variant")  # copied from the config into the row
 FINETUNE_KEYS = ("finetune", "pretrained_checkpoint")
 FINETUNE_PREFIXES = ("finetune_", "gflowgr_", "dpo_", "sdpo_", "sprec_", "ipa_", "ppo_", "grpo_")
