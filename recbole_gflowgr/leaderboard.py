@@ -11,9 +11,9 @@ method that beats the control ``sft-continued`` (the same SFT checkpoint and fin
 the same backbone, dataset and variant in the same paired t-test: a gain that more training alone does not explain.
 The seed paper's reported numbers (``PAPER``) are shown in separate, labelled lines.
 
-With ``--out``, each grid of ``--grids`` (default: GFlowGR-TB against its control on the converged base, the ablation and the sweep, paper Table 2 and Fig. 3) gets a section
-of its own, from :mod:`recbole_gflowgr.analysis` (missing cells shown as such), and its variant rows are left out of
-the main table.
+With ``--out``, each grid of ``--grids`` (default: GFlowGR-TB against its control on the converged base, the
+ablation and the sweep, paper Table 2 and Fig. 3) gets a section of its own, from :mod:`recbole_gflowgr.analysis`
+(missing cells shown as such), and its variant rows are left out of the main table.
 """
 import argparse
 import collections

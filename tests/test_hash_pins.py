@@ -20,7 +20,8 @@ PINNED = {"TIGER": ("0b285b73aeea", "0e11960040c4"), "LETTER": ("cf179e89fe12", 
 
 @pytest.mark.parametrize("model", sorted(PINNED))
 def test_default_config_hashes_are_those_of_the_runs_before_the_newer_keys(model):
-    config = Config(model=model, dataset="ml-100k", config_file_list=[os.path.join(REPO_ROOT, "properties", "small.yaml")])
+    small = os.path.join(REPO_ROOT, "properties", "small.yaml")
+    config = Config(model=model, dataset="ml-100k", config_file_list=[small])
     plain = plain_config(config)
     assert (config_hash(backbone_keys(plain)), config_hash(plain)) == PINNED[model]
 

@@ -12,7 +12,7 @@ numerics and random stream are those of plain HF T5). Measured by ``benchmarks/t
 * ``compile``: ``torch.compile`` (inductor) of the T5 ``forward`` (and so its backward), with dynamic shapes (the
   length groups change the sequence length every call). Inductor draws dropout masks with its own generator, so
   the random stream changes; without dropout the loss equals eager within float rounding
-  (tests/test_tiger.py checks 1e-5). The first steps pay the compilation (minutes on a small CPU).
+  (tests/test_fast_t5.py checks 1e-5). The first steps pay the compilation (minutes on a small CPU).
 """
 import torch
 from torch import nn
@@ -54,6 +54,13 @@ _LAST_BIAS = [None, None, None, None]  # (position bias, mask, causal, additive 
 # same position bias and mask to every layer of a stack, so the additive mask is built once per stack, not per layer
 
 
+def additive(mask, dtype):
+    """A bool mask (True = attend) as an additive float mask (0 / the dtype's min); a float mask as it is."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
+
+
 def fast_dropout_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                            position_bias=None, **kwargs):
     """HF attention interface (B, H, Q, d_kv) -> ((B, Q, H, d_kv), None): HF's sdpa without dropout; with dropout,
@@ -73,12 +80,11 @@ def fast_dropout_attention(module, query, key, value, attention_mask, dropout=0.
     elif position_bias is not None:
         bias = create_position_bias_mask(position_bias, attention_mask, causal, query, key)  # (B|1, H, Q, K) additive
     elif attention_mask is not None:
-        bias = attention_mask if attention_mask.dtype != torch.bool else torch.where(
-            attention_mask, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
+        bias = additive(attention_mask, query.dtype)
     elif causal:
         q, k = query.shape[2], key.shape[2]
-        allowed = torch.arange(q, device=query.device)[:, None] >= torch.arange(k, device=query.device)[None, :]
-        bias = torch.where(allowed, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
+        bias = additive(torch.arange(q, device=query.device)[:, None] >= torch.arange(k, device=query.device)[None, :],
+                        query.dtype)
     else:
         bias = None
     _LAST_BIAS[:] = [*key_, bias]
@@ -105,10 +111,7 @@ def grouped_cross_attention(query, key, value, attention_mask, dropout=0.0, scal
     if scaling is not None and scaling != 1.0:
         scores = scores * scaling
     if attention_mask is not None:
-        mask = attention_mask[::M, :, :1]  # (B, 1, 1, S): padding does not depend on the query
-        if mask.dtype == torch.bool:
-            mask = torch.where(mask, 0.0, torch.finfo(scores.dtype).min).to(scores.dtype)
-        scores = scores + mask
+        scores = scores + additive(attention_mask[::M, :, :1], scores.dtype)  # (B, 1, 1, S): padding only
     probs = fast_dropout(torch.softmax(scores.float(), dim=-1).to(value.dtype), dropout)  # (B, H, M*Q, S)
     out = torch.matmul(probs, value)  # (B, H, M*Q, d)
     return out.view(B, H, M, Q, d).permute(0, 2, 3, 1, 4).reshape(R, Q, H, d), None

@@ -105,7 +105,7 @@ class TrainerMixin:
         """After validation ``epoch`` (0-based): raise :class:`budget.BudgetSpent` when the next validation interval
         and the test evaluation would overrun ``time_budget_s`` (unless early stopping or the cap ends training
         here anyway). Every process of a multi-process run follows global rank 0's decision."""
-        if not self.time_budget_s or epoch + 1 >= self.epochs or self.cur_step > self.stopping_step:
+        if not self.time_budget_s or epoch + 1 >= self.epochs or self.stopped_early:
             return
         left = self.epochs - epoch - 1
         stop = budget.overruns(budget.clock() - self.budget_start, budget.mean(getattr(self, "epoch_times", [])),
