@@ -157,3 +157,17 @@ def test_bad_speed_key_is_one_clear_error(monkeypatch, capsys):
     assert run_recbole_gflowgr.main(["--model=TIGER"] + args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "fast_dropout" in err[0]
+
+
+def test_fast_dropout_ranks_like_the_default_model(monkeypatch):
+    """Evaluation (constrained beam search with the KV cache, then full-ranking scores) of a fast_dropout model is the
+    default model's for the same weights: the key only changes training's random stream, never a reported metric."""
+    plain, batch = build(monkeypatch)
+    fast, _ = build(monkeypatch, "--fast_dropout=True")
+    fast.load_state_dict(plain.state_dict())
+    plain.eval(), fast.eval()
+    with torch.no_grad():
+        expected, got = plain.full_sort_predict(batch), fast.full_sort_predict(batch)  # (B, n_items)
+    assert expected.shape == got.shape and torch.isfinite(expected).any()
+    assert torch.equal(torch.isfinite(got), torch.isfinite(expected))  # the same beams were found
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
