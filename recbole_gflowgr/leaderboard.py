@@ -11,6 +11,10 @@ method that beats the control ``sft-continued`` (the same SFT checkpoint and fin
 the same backbone, dataset and variant in the same paired t-test: a gain that more training alone does not explain.
 The seed paper's reported numbers (``PAPER``) are shown in separate, labelled lines.
 
+Above that table, ``--out`` writes the section "Fine-tuning against its control": every fine-tuning row paired per
+seed with the control of its own grid and SFT checkpoint (``pretrained``) and with that SFT run's row
+(:func:`against_control`), the paired differences, their p-values and a plain verdict.
+
 With ``--out``, each grid of ``--grids`` (default: GFlowGR-TB against its control on the converged base, the
 ablation and the sweep, paper Table 2 and Fig. 3) gets a section of its own, from :mod:`recbole_gflowgr.analysis`
 (missing cells shown as such), and its variant rows are left out of the main table.
@@ -22,7 +26,7 @@ import os
 
 import numpy as np
 
-from recbole_gflowgr.analysis import paired_p, variant_table
+from recbole_gflowgr.analysis import delta_vs_plain, paired_p, variant_table
 from recbole_gflowgr.trainer.results import METRIC_KEYS, read_rows
 
 CONTROL = "sft-continued"  # finetune/__init__.py: every fine-tuning method's control
@@ -104,6 +108,70 @@ def beats(line, other, metric):
     p = paired_p([line["by_seed"][s]["test"][metric] for s in common],
                  [other["by_seed"][s]["test"][metric] for s in common])
     return bool(p is not None and p < 0.05 and line[metric][0] > other[metric][0])
+
+
+def against_control(rows, metric="ndcg@10"):
+    """One dict per (dataset, model, grid, variant, method) of fine-tuning rows that have a control: the paired
+    differences of the test ``metric`` from the control ``sft-continued`` of the same grid, seed and SFT checkpoint
+    (``pretrained``), and from that SFT run's own row (the row whose ``sft_cache`` is that checkpoint)."""
+    rows = [r for r in rows if "finetune" in r and "test" in r]
+    sft = {r["sft_cache"]: r for r in rows if r["finetune"] == "sft" and r.get("sft_cache")}
+    controls = {}
+    for r in rows:
+        if r["finetune"] == CONTROL and r.get("pretrained"):
+            key = (r["dataset"], r["model"], r.get("experiment"), r["pretrained"], r["seed"])
+            if r.get("experiment_variant") in (None, "", controls.get(key, {}).get("experiment_variant")):
+                controls[key] = r  # the plain control of the grid wins over a variant's (a later row replaces)
+            else:
+                controls.setdefault(key, r)
+    groups = collections.OrderedDict()
+    for r in rows:
+        if r["finetune"] in ("none", "sft", CONTROL) or not r.get("pretrained"):
+            continue
+        control = controls.get((r["dataset"], r["model"], r.get("experiment"), r["pretrained"], r["seed"]))
+        if control is None:
+            continue
+        key = (r["dataset"], r["model"], r.get("experiment") or "", r.get("experiment_variant") or "", r["finetune"])
+        groups.setdefault(key, {})[r["seed"]] = (r, control, sft.get(r["pretrained"]))
+    out = []
+    for (dataset, model, grid, variant, finetune), by_seed in groups.items():
+        seeds = sorted(by_seed)
+        ours = [by_seed[s][0]["test"][metric] for s in seeds]
+        ctrl = [by_seed[s][1]["test"][metric] for s in seeds]
+        with_sft = [s for s in seeds if by_seed[s][2] is not None]
+        p = paired_p(ours, ctrl)
+        diff = float(np.mean(ours) - np.mean(ctrl))
+        if len(seeds) < 2:
+            verdict = f"{'above' if diff > 0 else 'below' if diff < 0 else 'equal to'} its control (1 seed: no test)"
+        elif p is not None and p < 0.05:
+            verdict = "**beats its control**" if diff > 0 else "**below its control**"
+        else:
+            verdict = "no significant difference from its control"
+        out.append({"dataset": dataset, "model": model, "grid": grid, "variant": variant, "finetune": finetune,
+                    "seeds": seeds, "metric": metric, "mean": float(np.mean(ours)), "control": float(np.mean(ctrl)),
+                    "sft": float(np.mean([by_seed[s][2]["test"][metric] for s in with_sft])) if with_sft else None,
+                    "vs_control": delta_vs_plain(list(zip(ours, ctrl))),
+                    "vs_sft": delta_vs_plain([(by_seed[s][0]["test"][metric], by_seed[s][2]["test"][metric])
+                                              for s in with_sft]),
+                    "sft_converged": [bool(by_seed[s][2].get("stopped_early")) for s in with_sft],
+                    "p": p, "verdict": verdict})
+    return out
+
+
+def control_markdown(items):
+    """The against_control items as a markdown table (GFlowGR first)."""
+    out = ["| dataset | backbone | method | grid | seeds | test N@10 | control | SFT | vs control | vs SFT "
+           "| SFT early-stopped | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in sorted(items, key=lambda x: (x["dataset"], x["model"], x["grid"], not x["finetune"].startswith("gflowgr"),
+                                          x["finetune"], x["variant"])):
+        method = x["finetune"] + (f" [{x['variant']}]" if x["variant"] else "")
+        stopped = ("yes" if all(x["sft_converged"]) else "no" if not any(x["sft_converged"]) else "some") \
+            if x["sft_converged"] else "—"
+        sft = f"{x['sft']:.4f}" if x["sft"] is not None else "—"
+        out.append(f"| {x['dataset']} | {x['model']} | {method} | {x['grid']} | {','.join(map(str, x['seeds']))} | "
+                   f"{x['mean']:.4f} | {x['control']:.4f} | {sft} | {x['vs_control']} | {x['vs_sft']} | {stopped} | "
+                   f"{x['verdict']} |")
+    return "\n".join(out)
 
 
 def markdown(lines, paper=True):
@@ -188,6 +256,11 @@ def main(argv=None):
     rows = [r for r in rows if not (r.get("experiment") in names and r.get("experiment_variant"))]
     lines = summarise(rows)
     text = markdown(lines)
+    control = control_markdown(against_control(read_rows(args.results_dir)))  # every grid's rows, variants included
+    control = ("## Fine-tuning against its control\n\nEach fine-tuning row paired with the control `sft-continued` "
+               "of the same grid, seed and SFT checkpoint (the same fine-tuning budget, SFT loss only) and with that "
+               "SFT run's own row: test NDCG@10, means over the paired seeds, mean paired difference and its "
+               "two-sided paired t-test p (2+ seeds).\n\n" + control + "\n")
     if args.out:
         with open(args.out, "w") as f:
             f.write("# Results\n\nGenerated by `python -m recbole_gflowgr.leaderboard` from `results/*.jsonl` "
@@ -196,9 +269,10 @@ def main(argv=None):
                     "(same SFT checkpoint and fine-tuning budget, SFT loss only); `[variant]`: a run with other settings than "
                     "the plain method, e.g. `[cm]` the collaborative SASRec that GFlowGR's sampler and reward use, "
                     "trained with properties/collaborative.yaml). Paper lines are the GFlowGR paper's "
-                    "reported numbers, not ours.\n\n" + text + "\n" + "".join(f"\n{x}\n" for x in sections))
+                    "reported numbers, not ours.\n\n" + control + "\n## All runs\n\n" + text + "\n" +
+                    "".join(f"\n{x}\n" for x in sections))
     else:
-        print(text)
+        print(control + "\n" + text)
     if args.csv:
         write_csv(lines, args.csv)
 

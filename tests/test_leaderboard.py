@@ -65,6 +65,7 @@ def test_later_row_of_a_seed_replaces_earlier_and_cli_writes_files(tmp_path):
     leaderboard.main(["--out=RESULTS.md", "--csv=results/leaderboard.csv"])
     text = open("RESULTS.md").read()
     assert "| d | TIGER | dpo | 0.1000 | 0.2000 | 0.0500 | 0.5000 | 42 |" in text
+    assert text.index("## Fine-tuning against its control") < text.index("## All runs")  # no control rows: header only
     assert len(open("results/leaderboard.csv").read().strip().splitlines()) == 1 + 4
 
 
@@ -94,3 +95,36 @@ def test_grid_variants_get_their_own_section_and_stay_out_of_the_main_table():
     assert "| d | TIGER | gflowgr-tb | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.2167 ± 0.0153* |" in main
     assert "| d | TIGER | gflowgr-tb | full | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.2100 ± 0.0141 | (plain) | 42,43 | — |" in section
     assert "| d | TIGER | gflowgr-tb | no-cm | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.9000 ± 0.0000 | +0.6900 (p=0.01) | 42,43 | — |" in section
+
+
+def test_each_fine_tuning_row_is_paired_with_the_control_and_sft_of_its_own_checkpoint():
+    def ft(finetune, seed, v, base="b", grid="table1", variant=None):
+        r = row("TIGER", finetune, seed, v)
+        r.update(pretrained=f"saved/sft/{base}-{seed}.pth", experiment=grid, experiment_variant=variant)
+        return r
+
+    sft = []
+    for seed, v in ((42, 0.10), (43, 0.11), (44, 0.12)):
+        r = row("TIGER", "sft", seed, v)
+        r.update(sft_cache=f"saved/sft/b-{seed}.pth", stopped_early=True)
+        sft.append(r)
+    control = [ft("sft-continued", s, v) for s, v in ((42, 0.11), (43, 0.12), (44, 0.13))]
+    gfn = [ft("gflowgr-tb", s, v) for s, v in ((42, 0.13), (43, 0.135), (44, 0.16))]  # +.02, +.015, +.03
+    dpo = [ft("dpo", 42, 0.10)]
+    other_base = [ft("ppo", 42, 0.5, base="other")]  # its checkpoint has no control: left out
+    variant = [ft("sft-continued", 42, 0.0, grid="g", variant="v"), ft("sft-continued", 42, 0.09, grid="g"),
+               ft("gflowgr-tb", 42, 0.095, grid="g", variant="v")]  # the plain control of grid g wins
+    items = {(x["grid"], x["finetune"]): x for x in leaderboard.against_control(
+        sft + control + gfn + dpo + other_base + variant)}
+    assert set(items) == {("table1", "gflowgr-tb"), ("table1", "dpo"), ("g", "gflowgr-tb")}
+    x = items[("table1", "gflowgr-tb")]
+    assert x["seeds"] == [42, 43, 44] and x["control"] == pytest.approx(0.12) and x["sft"] == pytest.approx(0.11)
+    assert x["vs_control"].startswith("+0.0217 (p=") and x["p"] < 0.05 and x["verdict"] == "**beats its control**"
+    assert x["vs_sft"].startswith("+0.0317") and x["sft_converged"] == [True, True, True]
+    assert items[("table1", "dpo")]["verdict"] == "below its control (1 seed: no test)"
+    assert items[("g", "gflowgr-tb")]["control"] == pytest.approx(0.09)
+    assert items[("g", "gflowgr-tb")]["sft"] == pytest.approx(0.10)  # the same checkpoint: grid g's SFT row is seed 42's
+    text = leaderboard.control_markdown(list(items.values()))
+    lines = text.splitlines()
+    assert lines[2].startswith("| d | TIGER | gflowgr-tb [v] | g | 42 |")  # grid order, GFlowGR first
+    assert "| d | TIGER | gflowgr-tb | table1 | 42,43,44 | 0.1417 | 0.1200 | 0.1100 |" in text and "| yes |" in text
