@@ -116,21 +116,20 @@ def against_control(rows, metric="ndcg@10"):
     (``pretrained``), and from that SFT run's own row (the row whose ``sft_cache`` is that checkpoint)."""
     rows = [r for r in rows if "finetune" in r and "test" in r]
     sft = {r["sft_cache"]: r for r in rows if r["finetune"] == "sft" and r.get("sft_cache")}
-    controls = {}
+    controls = {}  # {(dataset, model, grid, checkpoint, seed): {variant: control row}} (a later row replaces)
     for r in rows:
         if r["finetune"] == CONTROL and r.get("pretrained"):
             key = (r["dataset"], r["model"], r.get("experiment"), r["pretrained"], r["seed"])
-            if r.get("experiment_variant") in (None, "", controls.get(key, {}).get("experiment_variant")):
-                controls[key] = r  # the plain control of the grid wins over a variant's (a later row replaces)
-            else:
-                controls.setdefault(key, r)
+            controls.setdefault(key, {})[r.get("experiment_variant") or ""] = r
     groups = collections.OrderedDict()
     for r in rows:
         if r["finetune"] in ("none", "sft", CONTROL) or not r.get("pretrained"):
             continue
-        control = controls.get((r["dataset"], r["model"], r.get("experiment"), r["pretrained"], r["seed"]))
-        if control is None:
+        found = controls.get((r["dataset"], r["model"], r.get("experiment"), r["pretrained"], r["seed"]))
+        if not found:
             continue
+        # the control of the same variant (e.g. the same fine-tuning budget), else the grid's plain one, else any
+        control = found.get(r.get("experiment_variant") or "") or found.get("") or next(iter(found.values()))
         key = (r["dataset"], r["model"], r.get("experiment") or "", r.get("experiment_variant") or "", r["finetune"])
         groups.setdefault(key, {})[r["seed"]] = (r, control, sft.get(r["pretrained"]))
     out = []

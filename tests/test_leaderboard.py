@@ -112,19 +112,21 @@ def test_each_fine_tuning_row_is_paired_with_the_control_and_sft_of_its_own_chec
     gfn = [ft("gflowgr-tb", s, v) for s, v in ((42, 0.13), (43, 0.135), (44, 0.16))]  # +.02, +.015, +.03
     dpo = [ft("dpo", 42, 0.10)]
     other_base = [ft("ppo", 42, 0.5, base="other")]  # its checkpoint has no control: left out
-    variant = [ft("sft-continued", 42, 0.0, grid="g", variant="v"), ft("sft-continued", 42, 0.09, grid="g"),
-               ft("gflowgr-tb", 42, 0.095, grid="g", variant="v")]  # the plain control of grid g wins
+    variant = [ft("sft-continued", 42, 0.08, grid="g", variant="v"), ft("sft-continued", 42, 0.09, grid="g"),
+               ft("gflowgr-tb", 42, 0.095, grid="g", variant="v"),  # paired with the control of its own variant
+               ft("gflowgr-db", 42, 0.095, grid="g", variant="w")]  # no control of variant w: the grid's plain one
     items = {(x["grid"], x["finetune"]): x for x in leaderboard.against_control(
         sft + control + gfn + dpo + other_base + variant)}
-    assert set(items) == {("table1", "gflowgr-tb"), ("table1", "dpo"), ("g", "gflowgr-tb")}
+    assert set(items) == {("table1", "gflowgr-tb"), ("table1", "dpo"), ("g", "gflowgr-tb"), ("g", "gflowgr-db")}
     x = items[("table1", "gflowgr-tb")]
     assert x["seeds"] == [42, 43, 44] and x["control"] == pytest.approx(0.12) and x["sft"] == pytest.approx(0.11)
     assert x["vs_control"].startswith("+0.0217 (p=") and x["p"] < 0.05 and x["verdict"] == "**beats its control**"
     assert x["vs_sft"].startswith("+0.0317") and x["sft_converged"] == [True, True, True]
     assert items[("table1", "dpo")]["verdict"] == "below its control (1 seed: no test)"
-    assert items[("g", "gflowgr-tb")]["control"] == pytest.approx(0.09)
+    assert items[("g", "gflowgr-tb")]["control"] == pytest.approx(0.08)
+    assert items[("g", "gflowgr-db")]["control"] == pytest.approx(0.09)
     assert items[("g", "gflowgr-tb")]["sft"] == pytest.approx(0.10)  # the same checkpoint: grid g's SFT row is seed 42's
     text = leaderboard.control_markdown(list(items.values()))
     lines = text.splitlines()
-    assert lines[2].startswith("| d | TIGER | gflowgr-tb [v] | g | 42 |")  # grid order, GFlowGR first
+    assert lines[2].startswith("| d | TIGER | gflowgr-db [w] | g | 42 |")  # grid order, GFlowGR first
     assert "| d | TIGER | gflowgr-tb | table1 | 42,43,44 | 0.1417 | 0.1200 | 0.1100 |" in text and "| yes |" in text
