@@ -130,10 +130,11 @@ def against_control(rows, metric="ndcg@10"):
             continue
         # the control of the same variant (e.g. the same fine-tuning budget), else the grid's plain one, else any
         control = found.get(r.get("experiment_variant") or "") or found.get("") or next(iter(found.values()))
-        key = (r["dataset"], r["model"], r.get("experiment") or "", r.get("experiment_variant") or "", r["finetune"])
+        key = (r["dataset"], r["model"], r.get("experiment") or "", r.get("experiment_variant") or "", r["finetune"],
+               r.get("config_hash", ""))  # the hash leaves the seed out: one line per config (e.g. per SFT recipe)
         groups.setdefault(key, {})[r["seed"]] = (r, control, sft.get(r["pretrained"]))
     out = []
-    for (dataset, model, grid, variant, finetune), by_seed in groups.items():
+    for (dataset, model, grid, variant, finetune, _), by_seed in groups.items():
         seeds = sorted(by_seed)
         ours = [by_seed[s][0]["test"][metric] for s in seeds]
         ctrl = [by_seed[s][1]["test"][metric] for s in seeds]
