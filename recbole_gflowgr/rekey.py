@@ -40,12 +40,23 @@ def run_hash(plain, model, finetune):
     return config_hash(plain)
 
 
-def row_hash(row):
-    return run_hash(row["config"], row["model"], row["finetune"]) if row.get("config") else row.get("config_hash")
+def row_hash(row, keys=None):
+    """:func:`run_hash` of the config a row ran with; with ``keys`` (a cell's config keys) only those: a key the row
+    has and the cell's config lacks was set by the run itself (e.g. RecBole's BERT4Rec adds MASK_ITEM_SEQ to its
+    config) or has been removed since, and tells nothing about the cell."""
+    if not row.get("config"):
+        return row.get("config_hash")
+    config = row["config"] if keys is None else {k: v for k, v in row["config"].items() if k in keys}
+    return run_hash(config, row["model"], row["finetune"])
 
 
 def cell_hash(cell):
     """:func:`run_hash` of the config the runner gives ``cell`` (its config files, its overrides, seed, method)."""
+    return run_hash(cell_config(cell), cell["model"], cell["finetune"])
+
+
+def cell_config(cell):
+    """The plain config the runner gives ``cell`` (its config files, its overrides, seed, method)."""
     from recbole_gflowgr import OUR_MODELS
     from recbole_gflowgr.foundation.paths import REPO_ROOT
     from recbole_gflowgr.quick_start import as_finetuning, load_config
@@ -61,10 +72,10 @@ def cell_hash(cell):
         config = load_config(cell["model"], cell["dataset"], files, None, args)
     if cell["model"] in OUR_MODELS and cell["finetune"] != "sft":
         as_finetuning(config)
-    return run_hash(plain_config(config), cell["model"], cell["finetune"])
+    return plain_config(config)
 
 
-def rekey(grid, results_dir="results", dry_run=False, hasher=cell_hash):
+def rekey(grid, results_dir="results", dry_run=False):
     """{"kept": n, "moved": [(old, new, label)], "orphans": [(key, what)]} for the rows of ``grid``."""
     cells = expand(grid)
     keys = {c.key for c in cells}
@@ -77,7 +88,7 @@ def rekey(grid, results_dir="results", dry_run=False, hasher=cell_hash):
     for cell in cells:
         by_run.setdefault(run_of(cell["model"], cell["dataset"], cell["seed"], cell["finetune"]), []).append(cell)
     report = {"kept": 0, "moved": [], "orphans": []}
-    hashes = {}
+    configs = {}  # cell key -> (its config's keys, its run_hash)
     for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
         if not name.endswith(".jsonl"):
             continue
@@ -90,9 +101,11 @@ def rekey(grid, results_dir="results", dry_run=False, hasher=cell_hash):
                 continue
             match = None
             for cell in by_run.get(run_of(row["model"], row["dataset"], row["seed"], row["finetune"]), []):
-                if cell.key not in hashes:
-                    hashes[cell.key] = hasher(cell)
-                if hashes[cell.key] == row_hash(row):
+                if cell.key not in configs:
+                    plain = cell_config(cell)
+                    configs[cell.key] = set(plain), run_hash(plain, cell["model"], cell["finetune"])
+                keys, chash = configs[cell.key]
+                if chash == row_hash(row, keys):
                     match = cell
                     break
             what = f"{row['dataset']} {row['model']} {row['finetune']} seed={row['seed']} " \

@@ -350,3 +350,21 @@ def test_rekey_compares_only_the_keys_a_run_reads():
     epochs = dict(a, finetune_epochs=3)
     assert run_hash(epochs, "TIGER", "sft-continued") != run_hash(a, "TIGER", "sft-continued")
     assert run_hash(dict(a, d_model=32), "TIGER", "sft") != run_hash(a, "TIGER", "sft")
+
+
+def test_rekey_ignores_keys_that_the_run_itself_added_to_its_config():
+    """RecBole's BERT4Rec writes MASK_ITEM_SEQ & co. into its config while it runs, so its row's config has keys that
+    the cell's config never has: the row stays its cell's; a row that differs in a key the cell has is orphaned."""
+    from recbole_gflowgr import rekey
+
+    src, _, _ = tiny_letter(n_users=30, n_items=15, seq_len=6)
+    grid = write_grid(datasets=["tiny"], models=["TIGER"], finetunes=["gflowgr-tb"], seeds=[7],
+                      config={"source_path": os.path.abspath(src)})
+    cell = experiments.expand(grid)[0]
+    plain = rekey.cell_config(cell)
+    append_row(dict(fake_row(cell), experiment="grid", config=dict(plain, MASK_ITEM_SEQ="Mask_item_id_list")), "res")
+    append_row(dict(fake_row(cell), experiment="grid", config=dict(plain, gflowgr_lambda=0.7)), "res")
+    report = rekey.rekey(experiments.load_grid("grid.yaml"), "res")
+    assert report["kept"] == 1 and report["moved"] == []
+    assert [key for key, _ in report["orphans"]] == [cell.key]
+    assert [r["experiment_cell"] for r in read_rows("res")] == [cell.key, None]
