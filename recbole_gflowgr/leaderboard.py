@@ -217,17 +217,21 @@ DEFAULT_GRIDS = ("properties/experiments/tb-control-cpu.yaml", "properties/exper
 
 
 def grid_sections(paths, results_dir):
-    """(markdown sections, names of their grids) for the grid files ``paths`` that exist."""
+    """(markdown sections, names of their grids, names of those with a grid-level ``config``) for the grid files
+    ``paths`` that exist: a grid with its own ``config`` (e.g. another SFT recipe) has no cell of the plain methods,
+    so none of its rows belongs in the main table, not even those of its control (which re-keying labels plain)."""
     from recbole_gflowgr.experiments import load_grid
     from recbole_gflowgr.foundation.paths import REPO_ROOT
 
-    sections, names = [], set()
+    sections, names, own = [], set(), set()
     for path in paths:
         full = path if os.path.isfile(path) else os.path.join(REPO_ROOT, path)  # here, else in the repo
         if not os.path.isfile(full):
             continue
         grid = load_grid(full)
         names.add(grid["name"])
+        if grid["config"]:
+            own.add(grid["name"])
         text = [f"## {grid.get('title') or 'Grid'} (grid `{grid['name']}`)", "",
                 f"`python -m recbole_gflowgr.experiments --grid={path}`; test split, mean ± std over the seeds that "
                 "have rows; a variant whose values are the defaults is the plain method's run.", "",
@@ -240,7 +244,7 @@ def grid_sections(paths, results_dir):
                 if os.path.isfile(png):
                     text += ["", f"![{key}]({os.path.relpath(png)})"]
         sections.append("\n".join(text))
-    return sections, names
+    return sections, names, own
 
 
 def main(argv=None):
@@ -252,8 +256,9 @@ def main(argv=None):
                         help="grid files whose variant rows get a section of their own in --out")
     args = parser.parse_args(argv)
     rows = read_rows(args.results_dir)
-    sections, names = grid_sections(args.grids, args.results_dir) if args.out else ([], set())
-    rows = [r for r in rows if not (r.get("experiment") in names and r.get("experiment_variant"))]
+    sections, names, own = grid_sections(args.grids, args.results_dir) if args.out else ([], set(), set())
+    rows = [r for r in rows if not (r.get("experiment") in names and r.get("experiment_variant"))
+            and r.get("experiment") not in own]
     lines = summarise(rows)
     text = markdown(lines)
     control = control_markdown(against_control(read_rows(args.results_dir)))  # every grid's rows, variants included

@@ -130,3 +130,24 @@ def test_each_fine_tuning_row_is_paired_with_the_control_and_sft_of_its_own_chec
     lines = text.splitlines()
     assert lines[2].startswith("| d | TIGER | gflowgr-db [w] | g | 42 |")  # grid order, GFlowGR first
     assert "| d | TIGER | gflowgr-tb | table1 | 42,43,44 | 0.1417 | 0.1200 | 0.1100 |" in text and "| yes |" in text
+
+
+def test_rows_of_a_grid_with_its_own_config_stay_out_of_the_main_table():
+    """A section grid with a grid-level config (another SFT recipe, like tb-control-cpu) has no cell of the plain
+    methods: its plain-labelled rows (its control, which re-keying labels plain) stay out of the main table."""
+    import yaml
+
+    with open("other.yaml", "w") as f:
+        yaml.safe_dump({"name": "other", "title": "Other base", "datasets": ["d"], "models": ["TIGER"],
+                        "finetunes": ["sft-continued", "gflowgr-tb"], "seeds": [42], "config": {"learning_rate": 0.5},
+                        "variants": {"v": {"gflowgr_lambda": 0.5}}}, f)
+    rows = list(ROWS) + [dict(row("TIGER", "sft-continued", 42, 0.777, chash="o"), experiment="other"),
+                         dict(row("TIGER", "gflowgr-tb", 42, 0.888, chash="p"), experiment="other",
+                              experiment_variant="v")]
+    os.makedirs("results")
+    with open("results/d.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    leaderboard.main(["--out=RESULTS.md", "--grids", "other.yaml"])
+    main = open("RESULTS.md").read().split("## All runs")[1].split("## Other base")[0]
+    assert "0.7770" not in main and "0.8880" not in main
+    assert "| d | TIGER | gflowgr-tb | 0.1000 ± 0.0000 |" in main  # the plain methods' rows are still there
