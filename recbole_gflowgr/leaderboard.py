@@ -113,23 +113,36 @@ def beats(line, other, metric):
 def against_control(rows, metric="ndcg@10"):
     """One dict per (dataset, model, grid, variant, method) of fine-tuning rows that have a control: the paired
     differences of the test ``metric`` from the control ``sft-continued`` of the same grid, seed and SFT checkpoint
-    (``pretrained``), and from that SFT run's own row (the row whose ``sft_cache`` is that checkpoint)."""
+    (``pretrained``), and from that SFT run's own row (the row whose ``sft_cache`` is that checkpoint). A grid without
+    a control row of its own (the sweep's control cell is table1's) takes the control of the same checkpoint and seed
+    whose config has this row's control keys (the same fine-tuning budget), from any grid."""
+    from recbole_gflowgr.rekey import run_hash
+
     rows = [r for r in rows if "finetune" in r and "test" in r]
     sft = {r["sft_cache"]: r for r in rows if r["finetune"] == "sft" and r.get("sft_cache")}
-    controls = {}  # {(dataset, model, grid, checkpoint, seed): {variant: control row}} (a later row replaces)
-    for r in rows:
+
+    controls, elsewhere = {}, {}  # {(dataset, model, grid, checkpoint, seed): {variant: control row}}; {(dataset,
+    for r in rows:  # model, checkpoint, seed, hash of the control's keys): control row} (a later row replaces)
         if r["finetune"] == CONTROL and r.get("pretrained"):
             key = (r["dataset"], r["model"], r.get("experiment"), r["pretrained"], r["seed"])
             controls.setdefault(key, {})[r.get("experiment_variant") or ""] = r
+            if r.get("config"):
+                elsewhere[key[:2] + key[3:] + (run_hash(r["config"], r["model"], CONTROL),)] = r
     groups = collections.OrderedDict()
     for r in rows:
         if r["finetune"] in ("none", "sft", CONTROL) or not r.get("pretrained"):
             continue
         found = controls.get((r["dataset"], r["model"], r.get("experiment"), r["pretrained"], r["seed"]))
-        if not found:
+        if found:  # the control of the same variant (e.g. the same budget), else the grid's plain one, else any
+            control = found.get(r.get("experiment_variant") or "") or found.get("") or next(iter(found.values()))
+        elif r.get("config"):  # a grid that shares its control cell with another (the sweep's is table1's): the
+            control = elsewhere.get((r["dataset"], r["model"], r["pretrained"], r["seed"],  # control run with
+                                     run_hash(dict(r["config"], finetune=CONTROL), r["model"], CONTROL)))  # this
+            # row's own control keys: the control the runner gives this row's cell
+        else:
+            control = None
+        if control is None:
             continue
-        # the control of the same variant (e.g. the same fine-tuning budget), else the grid's plain one, else any
-        control = found.get(r.get("experiment_variant") or "") or found.get("") or next(iter(found.values()))
         key = (r["dataset"], r["model"], r.get("experiment") or "", r.get("experiment_variant") or "", r["finetune"],
                r.get("config_hash", ""))  # the hash leaves the seed out: one line per config (e.g. per SFT recipe)
         groups.setdefault(key, {})[r["seed"]] = (r, control, sft.get(r["pretrained"]))

@@ -115,9 +115,16 @@ def test_each_fine_tuning_row_is_paired_with_the_control_and_sft_of_its_own_chec
     variant = [ft("sft-continued", 42, 0.08, grid="g", variant="v"), ft("sft-continued", 42, 0.09, grid="g"),
                ft("gflowgr-tb", 42, 0.095, grid="g", variant="v"),  # paired with the control of its own variant
                ft("gflowgr-db", 42, 0.095, grid="g", variant="w")]  # no control of variant w: the grid's plain one
+    for r in control + gfn:
+        r["config"] = {"finetune": r["finetune"], "finetune_epochs": 10, "gflowgr_lambda": 0.1}
+    sweep = [ft("gflowgr-tb", 43, 0.5, grid="sweep", variant="lam"), ft("gflowgr-tb", 44, 0.6, grid="sweep2")]
+    sweep[0]["config"] = {"finetune": "gflowgr-tb", "finetune_epochs": 10, "gflowgr_lambda": 0.5}  # table1's control
+    sweep[1]["config"] = {"finetune": "gflowgr-tb", "finetune_epochs": 3, "gflowgr_lambda": 0.1}  # another budget
     items = {(x["grid"], x["finetune"]): x for x in leaderboard.against_control(
-        sft + control + gfn + dpo + other_base + variant)}
-    assert set(items) == {("table1", "gflowgr-tb"), ("table1", "dpo"), ("g", "gflowgr-tb"), ("g", "gflowgr-db")}
+        sft + control + gfn + dpo + other_base + variant + sweep)}
+    assert set(items) == {("table1", "gflowgr-tb"), ("table1", "dpo"), ("g", "gflowgr-tb"), ("g", "gflowgr-db"),
+                          ("sweep", "gflowgr-tb")}  # sweep2's budget has no control run
+    assert items[("sweep", "gflowgr-tb")]["control"] == pytest.approx(0.12)  # table1's control of seed 43
     x = items[("table1", "gflowgr-tb")]
     assert x["seeds"] == [42, 43, 44] and x["control"] == pytest.approx(0.12) and x["sft"] == pytest.approx(0.11)
     assert x["vs_control"].startswith("+0.0217 (p=") and x["p"] < 0.05 and x["verdict"] == "**beats its control**"
