@@ -127,7 +127,8 @@ def against_control(rows, metric="ndcg@10"):
             key = (r["dataset"], r["model"], r.get("experiment"), r["pretrained"], r["seed"])
             controls.setdefault(key, {})[r.get("experiment_variant") or ""] = r
             if r.get("config"):
-                elsewhere[key[:2] + key[3:] + (run_hash(r["config"], r["model"], CONTROL),)] = r
+                elsewhere[(r["dataset"], r["model"], r["pretrained"], r["seed"],
+                           run_hash(r["config"], r["model"], CONTROL))] = r
     groups = collections.OrderedDict()
     for r in rows:
         if r["finetune"] in ("none", "sft", CONTROL) or not r.get("pretrained"):
@@ -268,13 +269,13 @@ def main(argv=None):
     parser.add_argument("--grids", nargs="*", default=list(DEFAULT_GRIDS),
                         help="grid files whose variant rows get a section of their own in --out")
     args = parser.parse_args(argv)
-    rows = read_rows(args.results_dir)
+    every = read_rows(args.results_dir)
     sections, names, own = grid_sections(args.grids, args.results_dir) if args.out else ([], set(), set())
-    rows = [r for r in rows if not (r.get("experiment") in names and r.get("experiment_variant"))
+    rows = [r for r in every if not (r.get("experiment") in names and r.get("experiment_variant"))
             and r.get("experiment") not in own]
     lines = summarise(rows)
     text = markdown(lines)
-    control = control_markdown(against_control(read_rows(args.results_dir)))  # every grid's rows, variants included
+    control = control_markdown(against_control(every))  # every grid's rows, variants included
     control = ("## Fine-tuning against its control\n\nEach fine-tuning row paired with the control `sft-continued` "
                "of the same grid, seed and SFT checkpoint (the same fine-tuning budget, SFT loss only) and with that "
                "SFT run's own row: test NDCG@10, means over the paired seeds, mean paired difference and its "
