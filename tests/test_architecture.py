@@ -95,6 +95,15 @@ def test_no_module_over_400_lines():
     assert long == {}
 
 
+def test_no_test_benchmark_or_script_over_400_lines():
+    repo = os.path.dirname(PACKAGE)
+    paths = [os.path.join(folder, name) for top in ("tests", "benchmarks")
+             for folder, _, files in os.walk(os.path.join(repo, top)) for name in files if name.endswith(".py")]
+    paths += [os.path.join(repo, name) for name in os.listdir(repo) if name.endswith(".py")]
+    long = {os.path.relpath(p, repo): n for p in paths if (n := len(open(p).read().splitlines())) > MAX_LINES}
+    assert long == {}
+
+
 def test_trainer_stack_is_flat():
     """At most 3 classes between RecBole's ``Trainer`` and any method's trainer (in a single-process run)."""
     from recbole.trainer import Trainer
