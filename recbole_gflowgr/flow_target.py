@@ -106,6 +106,11 @@ def main(argv=None):
             raise ConfigError(f"--exponents={args.exponents}: give numbers > 0 separated by commas, e.g. 1,2,4") from None
         if not exponents or min(exponents) <= 0:
             raise ConfigError(f"--exponents={args.exponents}: give numbers > 0 separated by commas, e.g. 1,2,4")
+        if args.batches < 0:
+            raise ConfigError(f"--batches={args.batches}: give a number of training batches >= 1, or 0 for all")
+        bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
+        if bad:
+            raise ConfigError(f"unrecognised argument(s) {' '.join(bad)}: config keys are given as --key=value")
         results, facts = run(args, exponents, rest)
     except GFlowGRError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -49,5 +49,7 @@ def test_cli_measures_a_cached_sft_checkpoint(monkeypatch, capsys):
     low, high = out["results"]
     assert out["batches"] == 2 and low["n"] == high["n"] > 0 and out["n_items"] == 30
     assert 0 < low["target_mean"] < high["target_mean"] <= 1  # a larger exponent sharpens the target
-    assert main(args + ["--exponents=0"]) == 2
-    assert capsys.readouterr().err.startswith("error: --exponents=0")
+    for bad, start in [("--exponents=0", "error: --exponents=0"), ("--batches=-1", "error: --batches=-1"),
+                       ("epochs", "error: unrecognised argument(s) epochs")]:
+        assert main(args + [bad]) == 2
+        assert capsys.readouterr().err.startswith(start)
