@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -79,9 +80,10 @@ def measure(model, scorer, train_data, config, exponents, batches):
         cm = scorer.score(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], pos=pos)[:, 1:]  # (B, n)
         is_pos = items.unsqueeze(0) == pos.unsqueeze(1)  # (B, n)
         all_codes = codes.unsqueeze(0).expand(pos.shape[0], -1, -1)  # (B, n, L)
+        pos_codes = model.target_tokens(pos)  # (B, L)
         for beta in exponents:
             _, log_r, _ = reward_terms({**config, "gflowgr_reward_exponent": beta}, model, is_pos, cm, all_codes,
-                                       model.target_tokens(pos))  # (B, n)
+                                       pos_codes)  # (B, n)
             log_share, log_z = target_log_share(log_r, is_pos)
             for store, value in zip(logs[beta], (log_share, log_sft, log_z)):
                 store.append(value.float().cpu())
@@ -143,9 +145,8 @@ def run(args, exponents, rest):
     dataset, (train_data, _, _) = prepare_data(config)
     model = build_model(config, train_data._dataset).to(config["device"])
     load_pretrained(model, checkpoint, config)
-    holder = type("Holder", (), {})()  # ensure_scorer's trainer interface: config, model, device, scorer_loader
-    holder.config, holder.model, holder.device, holder.scorer_loader = config, model, config["device"], load_scorer
-    scorer = ensure_scorer(holder, train_data)
+    holder = SimpleNamespace(config=config, model=model, device=config["device"], scorer_loader=load_scorer)
+    scorer = ensure_scorer(holder, train_data)  # the trainers' loader: cm mode and item-count checks included
     results = measure(model, scorer, train_data, config.final_config_dict, exponents, args.batches)
     facts = {"model": args.model, "dataset": args.dataset, "checkpoint": checkpoint, "seed": config["seed"],
              "batches": args.batches, "device": str(config["device"]), "commit": git_commit(),
