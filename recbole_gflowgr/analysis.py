@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from recbole_gflowgr.experiments import done_cells, expand, load_grid, plain_key
+from recbole_gflowgr.experiments import control_key, done_cells, expand, load_grid, plain_key, sft_key
 from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.trainer.results import METRIC_KEYS
 
@@ -53,14 +53,15 @@ def delta_vs_plain(pairs):
 
 def variant_table(grid, results_dir="results", split="test", metric_vs_plain="ndcg@10"):
     """Markdown: one line per (dataset, model, method, variant), mean ± std over the seeds that have rows, and the
-    mean difference of ``metric_vs_plain`` from the plain method's run (no overrides) over the seeds both have."""
+    mean paired difference of ``metric_vs_plain`` from the plain method's run (no overrides) and from the variant's
+    control ``sft-continued`` (same SFT checkpoint and budget, SFT loss only), each over the seeds both have."""
     finished = done_cells(results_dir)
     groups = collections.OrderedDict()
     for cell, row in grid_rows(grid, results_dir, finished):
         key = (cell["dataset"], cell["model"], cell["finetune"], cell["variant"] or "—")
         groups.setdefault(key, []).append((cell, row))
-    head = ["dataset", "model", "method", "variant", *METRIC_KEYS, f"Δ {metric_vs_plain} vs plain", "seeds",
-            "missing"]
+    head = ["dataset", "model", "method", "variant", *METRIC_KEYS, f"Δ {metric_vs_plain} vs plain",
+            f"Δ {metric_vs_plain} vs control", "seeds", "missing"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (dataset, model, finetune, variant), members in groups.items():
         rows = [r for _, r in members if r is not None]
@@ -80,37 +81,57 @@ def variant_table(grid, results_dir="results", split="test", metric_vs_plain="nd
             pairs = [(row[split][metric_vs_plain], finished[key][split][metric_vs_plain])
                      for key, (_, row) in zip(plain_keys, members) if row is not None and key in finished]
             delta = delta_vs_plain(pairs)
+        control = [control_key(grid, cell) for cell, _ in members]
+        if any(key is None for key in control):  # SFT, the control itself, a classic model
+            vs_control = "(control)" if all(c["finetune"] == "sft-continued" for c, _ in members) else "—"
+        else:  # (this variant, its control sft-continued) per seed that both have
+            vs_control = delta_vs_plain([(row[split][metric_vs_plain], finished[key][split][metric_vs_plain])
+                                         for key, (_, row) in zip(control, members) if row is not None
+                                         and key in finished])
         missing = [str(c["seed"]) for c, r in members if r is None]
         out.append(f"| {dataset} | {model} | {finetune} | {variant} | " + " | ".join(cells) + f" | {delta}" +
+                   f" | {vs_control}" +
                    f" | {','.join(str(r['seed']) for r in rows) or '—'} | {','.join(missing) or '—'} |")
     return "\n".join(out)
 
 
+SweepPoint = collections.namedtuple("SweepPoint", "value mean std n seeds scores control sft")
+SweepPoint.__doc__ = """One value of a swept key: mean and std of the metric over ``seeds`` (``n`` of them), and per
+seed ({seed: value}) the method's ``scores``, its control's (``sft-continued``) and its SFT run's (``sft``)."""
+
+
 def sweep_points(grid, results_dir="results", metric="ndcg@10", split="valid"):
-    """{(dataset, model, method, key): [(value, mean, std, n, seeds)]} for each swept key, values in grid order.
+    """{(dataset, model, method, key): [SweepPoint]} for each swept key, values in grid order.
 
     A curve uses the seeds that all its points have (when there are any): otherwise a point shared with Table 1
     (the default value, run for every seed) would be a 3-seed mean beside single-seed neighbours."""
+    finished = done_cells(results_dir)
     points = collections.OrderedDict()
     by_variant = collections.defaultdict(dict)  # variant -> {seed: score}
-    for cell, row in grid_rows(grid, results_dir):
-        if row is not None and "=" in cell["variant"]:
-            by_variant[(cell["dataset"], cell["model"], cell["finetune"], cell["variant"])][cell["seed"]] = \
-                row[split][metric]
+    refs = collections.defaultdict(lambda: ({}, {}))  # variant -> ({seed: control score}, {seed: SFT score})
+    for cell, row in grid_rows(grid, results_dir, finished):
+        if row is not None and "=" in cell["variant"] and control_key(grid, cell):
+            key = (cell["dataset"], cell["model"], cell["finetune"], cell["variant"])
+            by_variant[key][cell["seed"]] = row[split][metric]
+            for ref, ref_key in zip(refs[key], (control_key(grid, cell), sft_key(grid, cell))):
+                if ref_key in finished:
+                    ref[cell["seed"]] = finished[ref_key][split][metric]
     for key, values in grid["sweep"].items():
         curves = collections.defaultdict(list)
         for (dataset, model, finetune, variant), scores in by_variant.items():
             name, _, value = variant.partition("=")
             if name == key:
-                curves[(dataset, model, finetune, key)].append((value, scores))
+                curves[(dataset, model, finetune, key)].append((value, scores, refs[(dataset, model, finetune,
+                                                                                    variant)]))
         for curve, pts in curves.items():
-            common = set.intersection(*(set(scores) for _, scores in pts))
-            for value, scores in pts:
+            common = set.intersection(*(set(scores) for _, scores, _ in pts))
+            for value, scores, (control, sft) in pts:
                 seeds = sorted(common or scores)
                 vals = [scores[s] for s in seeds]
-                points.setdefault(curve, []).append(
-                    (value, float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals),
-                     tuple(seeds)))
+                points.setdefault(curve, []).append(SweepPoint(
+                    value, float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals),
+                    tuple(seeds), {s: scores[s] for s in seeds}, {s: control[s] for s in seeds if s in control},
+                    {s: sft[s] for s in seeds if s in sft}))
     for key in points:
         order = [str(v) for v in grid["sweep"][key[3]]]
         points[key].sort(key=lambda p: order.index(p[0]))
@@ -135,26 +156,54 @@ def save_figure(fig, path):
     return path
 
 
+def _reference(pts, which):
+    """Per point, the mean of its reference runs (``which``: "control" or "sft") over the point's seeds, or NaN
+    where a seed lacks one (no line drawn: a mean over other seeds would not be the same comparison)."""
+    return np.array([np.mean([getattr(p, which)[s] for s in p.seeds]) if set(p.seeds) <= set(getattr(p, which))
+                     else np.nan for p in pts])
+
+
 def plot_sweep(points, out_dir, metric="ndcg@10", split="valid"):
-    """One PNG per swept key (lines: dataset/model/method; x: the key's values as categories); returns paths."""
+    """One PNG per swept key (x: the key's values as categories). Left: the method's mean ± std over seeds per
+    dataset/model/method, with its control (``sft-continued``, dashed) and SFT (dotted) over the same seeds where
+    they have rows. Right, when controls exist: the paired difference from the control (mean ± std of the per-seed
+    differences; 0 = the control). Returns the paths."""
     plt = pyplot()
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for key in dict.fromkeys(k[3] for k in points):
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        for (dataset, model, finetune, swept), pts in points.items():
-            if swept != key:
-                continue
+        curves = [(k, pts) for k, pts in points.items() if k[3] == key]
+        paired = any(not np.isnan(_reference(pts, "control")).all() for _, pts in curves)
+        fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(9, 3.4) if paired else (4.5, 3.2), squeeze=False)
+        ax = axes[0, 0]
+        for (dataset, model, finetune, _), pts in curves:
             x = np.arange(len(pts))
-            mean = np.array([p[1] for p in pts])
-            std = np.array([p[2] for p in pts])
-            seeds = sorted({s for p in pts for s in p[4]})
-            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3,
-                        label=f"{dataset} {model} {finetune} (seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))})")
-            ax.set_xticks(x, [p[0] for p in pts])
+            seeds = sorted({s for p in pts for s in p.seeds})
+            line = ax.errorbar(x, [p.mean for p in pts], yerr=[p.std for p in pts], marker="o", capsize=3,
+                               label=f"{dataset} {model} {finetune} (seed{'s' * (len(seeds) > 1)} "
+                                     f"{','.join(map(str, seeds))})")
+            colour = line[0].get_color()
+            for which, style in (("control", "--"), ("sft", ":")):
+                ref = _reference(pts, which)
+                if not np.isnan(ref).all():
+                    ax.plot(x, ref, linestyle=style, color=colour, alpha=0.7,
+                            label=f"{model} {'control (sft-continued)' if which == 'control' else 'SFT'}")
+            ax.set_xticks(x, [p.value for p in pts])
+            if paired:
+                diffs = [np.subtract([p.scores[s] for s in p.seeds], [p.control.get(s, np.nan) for s in p.seeds])
+                         for p in pts]
+                axes[0, 1].errorbar(x, [d.mean() for d in diffs], marker="o", capsize=3, color=colour,
+                                    yerr=[d.std(ddof=1) if len(d) > 1 else 0.0 for d in diffs],
+                                    label=f"{dataset} {model} {finetune} − control")
+                axes[0, 1].set_xticks(x, [p.value for p in pts])
         ax.set_xlabel(key)
         ax.set_ylabel(f"{split} {metric}")
         ax.legend(fontsize=7)
+        if paired:
+            axes[0, 1].axhline(0.0, color="grey", linewidth=0.8)
+            axes[0, 1].set_xlabel(key)
+            axes[0, 1].set_ylabel(f"Δ {split} {metric} vs control (paired)")
+            axes[0, 1].legend(fontsize=7)
         paths.append(save_figure(fig, os.path.join(out_dir, f"sweep-{key}.png")))
     return paths
 

@@ -166,6 +166,16 @@ def sft_key(grid, cell):
     return _cell(grid, cell["dataset"], cell["model"], "sft", cell["seed"], cell["variant"], cell["overrides"]).key
 
 
+def control_key(grid, cell):
+    """Key of the control cell (``sft-continued``: same dataset, model, seed and SFT checkpoint, the variant's
+    backbone and fine-tuning-budget keys) of fine-tuning ``cell``; None for SFT, the control and classic cells."""
+    from recbole_gflowgr.finetune import CONTROL
+
+    if cell["model"] not in OUR_MODELS or cell["finetune"] in ("sft", CONTROL):
+        return None
+    return _cell(grid, cell["dataset"], cell["model"], CONTROL, cell["seed"], cell["variant"], cell["overrides"]).key
+
+
 def plain_key(grid, cell):
     """Key of the cell of the same dataset, model, method and seed with none of the variant's overrides."""
     return _cell(grid, cell["dataset"], cell["model"], cell["finetune"], cell["seed"], "", {}).key

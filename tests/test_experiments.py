@@ -193,7 +193,7 @@ def test_variant_table_and_sweep_plot_from_rows(tmp_path):
     table = analysis.variant_table(grid, "res")
     assert "| d | TIGER | gflowgr-tb | gflowgr_lambda=0.1 | 0.2000 ± 0.1414 |" in table  # seeds 1, 2: 0.1 and 0.3
     # lambda=1.0 has seed 1 only (0.2): 0.1 above the plain run's 0.1 of that seed; lambda=0.1 is the plain run
-    assert table.splitlines()[-1].endswith("| 0.2000 | 0.2000 | 0.2000 | 0.2000 | +0.1000 (1 seed) | 1 | 2 |")
+    assert table.splitlines()[-1].endswith("| 0.2000 | 0.2000 | 0.2000 | 0.2000 | +0.1000 (1 seed) | — | 1 | 2 |")
     assert "| gflowgr_lambda=0.1 | 0.2000 ± 0.1414 | 0.2000 ± 0.1414 | 0.2000 ± 0.1414 | 0.2000 ± 0.1414 | (plain) |" \
         in table
     points = analysis.sweep_points(grid, "res", "ndcg@10", "valid")
@@ -224,14 +224,14 @@ def test_variant_table_differences_from_the_plain_run_over_common_seeds():
         elif v == "same-gap" and seed < 3:  # 0.01 above in both seeds: no spread for a t-test
             append_row(fake_row(cell, test=plain[seed] + 0.01), "res")
     lines = {line.split(" | ")[3]: line for line in analysis.variant_table(grid, "res").splitlines()[2:]}
-    assert "| (plain) | 1,2,3 | — |" in lines["full"]
-    assert "| +0.0200 (p=0.07) | 1,2,3 | — |" in lines["wo-Wt"]
-    assert "| -0.0500 (1 seed) | 1 | 2,3 |" in lines["wo-Ada"]
-    assert "| +0.0100 (in each of 2 seeds) | 1,2 | 3 |" in lines["same-gap"]
+    assert "| (plain) | — | 1,2,3 | — |" in lines["full"]
+    assert "| +0.0200 (p=0.07) | — | 1,2,3 | — |" in lines["wo-Wt"]
+    assert "| -0.0500 (1 seed) | — | 1 | 2,3 |" in lines["wo-Ada"]
+    assert "| +0.0100 (in each of 2 seeds) | — | 1,2 | 3 |" in lines["same-gap"]
     # the plain run's rows are found by its key even when the grid has no variant without overrides
     grid2 = write_grid("grid2.yaml", datasets=["d"], models=["TIGER"], finetunes=["gflowgr-tb"], seeds=[1, 2, 3],
                        variants={"wo-Wt": {"gflowgr_weights": False}})
-    assert "| +0.0200 (p=0.07) | 1,2,3 | — |" in analysis.variant_table(grid2, "res")
+    assert "| +0.0200 (p=0.07) | — | 1,2,3 | — |" in analysis.variant_table(grid2, "res")
 
 
 def test_real_cell_runs_in_a_subprocess_writes_a_tagged_row_and_is_skipped_after():

@@ -67,6 +67,13 @@ def test_later_row_of_a_seed_replaces_earlier_and_cli_writes_files(tmp_path):
     assert "| d | TIGER | dpo | 0.1000 | 0.2000 | 0.0500 | 0.5000 | 42 |" in text
     assert text.index("## Fine-tuning against its control") < text.index("## All runs")  # no control rows: header only
     assert len(open("results/leaderboard.csv").read().strip().splitlines()) == 1 + 4
+    assert "finetune-curves" not in text
+    os.makedirs("results/plots")
+    open("results/plots/finetune-curves-d.png", "wb").close()  # python -m recbole_gflowgr.curves wrote one
+    leaderboard.main(["--out=RESULTS.md"])
+    text = open("RESULTS.md").read()
+    assert "![d](results/plots/finetune-curves-d.png)" in text
+    assert text.index("finetune-curves-d.png") < text.index("## All runs")  # in the control's section
 
 
 def test_grid_variants_get_their_own_section_and_stay_out_of_the_main_table():
@@ -93,8 +100,9 @@ def test_grid_variants_get_their_own_section_and_stay_out_of_the_main_table():
     main, section = open("RESULTS.md").read().split("## Ablation (grid `abl`)")
     assert "no-cm" not in main and "0.9000" not in main  # a variant row is no rival of the main table's methods
     assert "| d | TIGER | gflowgr-tb | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.2167 ± 0.0153* |" in main
-    assert "| d | TIGER | gflowgr-tb | full | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.2100 ± 0.0141 | (plain) | 42,43 | — |" in section
-    assert "| d | TIGER | gflowgr-tb | no-cm | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.9000 ± 0.0000 | +0.6900 (p=0.01) | 42,43 | — |" in section
+    assert "| d | TIGER | gflowgr-tb | full | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.2100 ± 0.0141 | (plain) | — | 42,43 | — |" in section
+    assert "| d | TIGER | gflowgr-tb | no-cm | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.9000 ± 0.0000 | +0.6900 (p=0.01) | — | 42,43 | — |" in section
+    # no control rows here: its column says so ('—'); tests/test_analysis_control.py fills it
 
 
 def test_each_fine_tuning_row_is_paired_with_the_control_and_sft_of_its_own_checkpoint():
