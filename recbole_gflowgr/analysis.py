@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from recbole_gflowgr.experiments import control_key, done_cells, expand, load_grid, plain_key, sft_key
+from recbole_gflowgr.finetune import CONTROL
 from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.trainer.results import METRIC_KEYS
 
@@ -83,7 +84,7 @@ def variant_table(grid, results_dir="results", split="test", metric_vs_plain="nd
             delta = delta_vs_plain(pairs)
         control = [control_key(grid, cell) for cell, _ in members]
         if any(key is None for key in control):  # SFT, the control itself, a classic model
-            vs_control = "(control)" if all(c["finetune"] == "sft-continued" for c, _ in members) else "—"
+            vs_control = "(control)" if all(c["finetune"] == CONTROL for c, _ in members) else "—"
         else:  # (this variant, its control sft-continued) per seed that both have
             vs_control = delta_vs_plain([(row[split][metric_vs_plain], finished[key][split][metric_vs_plain])
                                          for key, (_, row) in zip(control, members) if row is not None
@@ -110,10 +111,11 @@ def sweep_points(grid, results_dir="results", metric="ndcg@10", split="valid"):
     by_variant = collections.defaultdict(dict)  # variant -> {seed: score}
     refs = collections.defaultdict(lambda: ({}, {}))  # variant -> ({seed: control score}, {seed: SFT score})
     for cell, row in grid_rows(grid, results_dir, finished):
-        if row is not None and "=" in cell["variant"] and control_key(grid, cell):
+        control = control_key(grid, cell) if row is not None and "=" in cell["variant"] else None
+        if control:  # a fine-tuning method's variant (the control and SFT are its references, not curves)
             key = (cell["dataset"], cell["model"], cell["finetune"], cell["variant"])
             by_variant[key][cell["seed"]] = row[split][metric]
-            for ref, ref_key in zip(refs[key], (control_key(grid, cell), sft_key(grid, cell))):
+            for ref, ref_key in zip(refs[key], (control, sft_key(grid, cell))):
                 if ref_key in finished:
                     ref[cell["seed"]] = finished[ref_key][split][metric]
     for key, values in grid["sweep"].items():

@@ -15,10 +15,11 @@ import os
 import sys
 
 from recbole_gflowgr.analysis import pyplot, save_figure
+from recbole_gflowgr.finetune import CONTROL
 from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.trainer.results import METRIC_KEYS, read_rows
 
-CONTROL = "sft-continued"  # finetune/__init__.py: every fine-tuning method's control
+PREFIX = "finetune-curves-"  # <out>/finetune-curves-<dataset>.png (the leaderboard links them)
 
 
 def label(row):
@@ -43,22 +44,17 @@ def panels(rows):
     return out
 
 
-def best(row, metric):
-    """The best validation ``metric`` of a row's curve (its ``valid`` when the curve lacks the metric)."""
-    values = [p[metric] for p in row["valid_curve"] if p.get(metric) is not None]
-    return max(values) if values else row["valid"].get(metric)
-
-
 def summary(panels_, metric="ndcg@10"):
-    """One text line per panel: each run's best valid ``metric`` and its difference from the control's."""
+    """One text line per panel: each run's valid ``metric`` at its best epoch (the row's ``valid``) and its
+    difference from the control's."""
     lines = []
     for (dataset, model, seed, _), panel in panels_.items():
         control = next((r for r in panel["runs"] if r["finetune"] == CONTROL), None)
         parts = []
         for r in panel["runs"]:
-            text = f"{label(r)} {best(r, metric):.4f}"
+            text = f"{label(r)} {r['valid'][metric]:.4f}"
             if control is not None and r is not control:
-                text += f" ({best(r, metric) - best(control, metric):+.4f})"
+                text += f" ({r['valid'][metric] - control['valid'][metric]:+.4f})"
             parts.append(text)
         start = f"SFT {panel['sft']['valid'][metric]:.4f}; " if panel["sft"] else ""
         lines.append(f"{dataset} {model} seed {seed}: valid {metric} best: {start}" + ", ".join(parts))
@@ -101,7 +97,7 @@ def plot(panels_, out_dir, metric="ndcg@10"):
             ax.legend(fontsize=6)
         for ax in list(axes.flat)[len(items):]:
             ax.axis("off")
-        paths.append(save_figure(fig, os.path.join(out_dir, f"finetune-curves-{dataset}.png")))
+        paths.append(save_figure(fig, os.path.join(out_dir, f"{PREFIX}{dataset}.png")))
     return paths
 
 
