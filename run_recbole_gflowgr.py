@@ -8,7 +8,10 @@ Any other ``--key=value`` is a RecBole / recbole_gflowgr config key (see propert
 import argparse
 import sys
 
+from recbole_gflowgr.foundation.errors import cli
 
+
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", default=None, help="TIGER, LETTER or a RecBole model (SASRec, ...)")
@@ -21,14 +24,9 @@ def main(argv=None):
         parser.error(f"unrecognised argument(s) {' '.join(bad)}: config keys are given as --key=value")
     files = args.config_files.replace(",", " ").split() if args.config_files else None
 
-    from recbole_gflowgr.foundation.errors import GFlowGRError
     from recbole_gflowgr.quick_start import run
 
-    try:
-        row = run(args.model, args.dataset, config_file_list=files, cmd_args=rest)
-    except GFlowGRError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    row = run(args.model, args.dataset, config_file_list=files, cmd_args=rest)
     if row is None:  # a machine of a multi-node run without global rank 0: that machine writes the row
         print("done: the result row is written by the machine of global rank 0 (offset=0)")
         return 0

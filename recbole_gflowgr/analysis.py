@@ -17,7 +17,7 @@ import numpy as np
 
 from recbole_gflowgr.experiments import control_key, done_cells, expand, load_grid, plain_key, sft_key
 from recbole_gflowgr.finetune import CONTROL
-from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError, cli
 from recbole_gflowgr.trainer.results import METRIC_KEYS
 
 
@@ -210,6 +210,7 @@ def plot_sweep(points, out_dir, metric="ndcg@10", split="valid"):
     return paths
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["table", "sweep"])
@@ -219,28 +220,25 @@ def main(argv=None):
     parser.add_argument("--metric", default="ndcg@10", choices=list(METRIC_KEYS))
     parser.add_argument("--out", default=None, help="table: markdown file (default: print); sweep: PNG folder")
     args = parser.parse_args(argv)
-    try:
-        grid = load_grid(args.grid)
-        if args.what == "table":
-            text = variant_table(grid, args.results_dir, args.split or "test")
-            if args.out:
-                with open(args.out, "w") as f:
-                    f.write(text + "\n")
-            print(text)
-        else:
-            if not grid["sweep"]:
-                raise ConfigError(f"{args.grid} has no 'sweep' key: nothing to plot")
-            points = sweep_points(grid, args.results_dir, args.metric, args.split or "valid")
-            if not points:
-                raise ConfigError(f"no rows yet for the sweep of {args.grid} in {args.results_dir}/; run "
-                                  f"python -m recbole_gflowgr.experiments --grid={args.grid} first")
-            for path in plot_sweep(points, args.out or os.path.join(args.results_dir, "plots"), args.metric,
-                                   args.split or "valid"):
-                print(path)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    grid = load_grid(args.grid)
+    if args.what == "table":
+        text = variant_table(grid, args.results_dir, args.split or "test")
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        print(text)
+        return 0
+    if not grid["sweep"]:
+        raise ConfigError(f"{args.grid} has no 'sweep' key: nothing to plot")
+    points = sweep_points(grid, args.results_dir, args.metric, args.split or "valid")
+    if not points:
+        raise ConfigError(f"no rows yet for the sweep of {args.grid} in {args.results_dir}/; run "
+                          f"python -m recbole_gflowgr.experiments --grid={args.grid} first")
+    for path in plot_sweep(points, args.out or os.path.join(args.results_dir, "plots"), args.metric,
+                           args.split or "valid"):
+        print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,7 +16,7 @@ import sys
 
 from recbole_gflowgr.analysis import pyplot, save_figure
 from recbole_gflowgr.finetune import CONTROL
-from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError, cli
 from recbole_gflowgr.trainer.results import METRIC_KEYS, read_rows
 
 PREFIX = "finetune-curves-"  # <out>/finetune-curves-<dataset>.png (the leaderboard links them)
@@ -101,26 +101,24 @@ def plot(panels_, out_dir, metric="ndcg@10"):
     return paths
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results_dir", default="results")
     parser.add_argument("--out", default=None, help="PNG folder (default: <results_dir>/plots)")
     parser.add_argument("--metric", default="ndcg@10", choices=list(METRIC_KEYS))
     args = parser.parse_args(argv)
-    try:
-        found = panels(read_rows(args.results_dir))
-        if not found:
-            raise ConfigError(f"no fine-tuning rows with a valid_curve in {args.results_dir}/; run a fine-tuning "
-                              "method first, e.g. python -m recbole_gflowgr.experiments "
-                              "--grid=properties/experiments/table1.yaml --only=TIGER,42")
-        for line in summary(found, args.metric):
-            print(line)
-        for path in plot(found, args.out or os.path.join(args.results_dir, "plots"), args.metric):
-            print(path)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    found = panels(read_rows(args.results_dir))
+    if not found:
+        raise ConfigError(f"no fine-tuning rows with a valid_curve in {args.results_dir}/; run a fine-tuning "
+                          "method first, e.g. python -m recbole_gflowgr.experiments "
+                          "--grid=properties/experiments/table1.yaml --only=TIGER,42")
+    for line in summary(found, args.metric):
+        print(line)
+    for path in plot(found, args.out or os.path.join(args.results_dir, "plots"), args.metric):
+        print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -28,7 +28,7 @@ import torch
 
 from recbole_gflowgr.analysis import pyplot, save_figure
 from recbole_gflowgr.foundation.compat import trusted_torch_load
-from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError, cli
 from recbole_gflowgr.trainer.results import read_rows
 
 DIVERSITY_METRICS = ["ItemCoverage", "AveragePopularity", "GiniIndex", "TailPercentage"]
@@ -167,6 +167,7 @@ def report(all_stats, out_dir, name):
     return "\n".join(lines)
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints", default="", help="comma-separated checkpoints (instead of rows)")
@@ -178,27 +179,24 @@ def main(argv=None):
     parser.add_argument("--results_dir", default="results")
     parser.add_argument("--out", default=None, help="output folder (default: <results_dir>/diversity)")
     args = parser.parse_args(argv)
-    try:
-        if args.checkpoints:
-            paths = [p for p in args.checkpoints.split(",") if p]
-        elif args.dataset:
-            paths = checkpoints_from_rows(args.results_dir, args.dataset, args.model,
-                                          [m for m in args.methods.split(",") if m], args.seed)
-        else:
-            raise ConfigError("give --dataset (with --model/--methods/--seed) or --checkpoints")
-        from recbole_gflowgr.trainer.results import device_name, git_commit
+    if args.checkpoints:
+        paths = [p for p in args.checkpoints.split(",") if p]
+    elif args.dataset:
+        paths = checkpoints_from_rows(args.results_dir, args.dataset, args.model,
+                                      [m for m in args.methods.split(",") if m], args.seed)
+    else:
+        raise ConfigError("give --dataset (with --model/--methods/--seed) or --checkpoints")
+    from recbole_gflowgr.trainer.results import device_name, git_commit
 
-        commit, all_stats = git_commit(), []
-        for path in paths:
-            start = time.time()
-            all_stats.append(analyse(path, args.k))
-            all_stats[-1].update(wall_s=round(time.time() - start, 1), device=device_name("cpu"), commit=commit)
-        name = f"{all_stats[0]['dataset']}-{all_stats[0]['model']}-seed{all_stats[0]['seed']}"
-        print(report(all_stats, args.out or os.path.join(args.results_dir, "diversity"), name))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    commit, all_stats = git_commit(), []
+    for path in paths:
+        start = time.time()
+        all_stats.append(analyse(path, args.k))
+        all_stats[-1].update(wall_s=round(time.time() - start, 1), device=device_name("cpu"), commit=commit)
+    name = f"{all_stats[0]['dataset']}-{all_stats[0]['model']}-seed{all_stats[0]['seed']}"
+    print(report(all_stats, args.out or os.path.join(args.results_dir, "diversity"), name))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -31,7 +31,7 @@ import time
 import yaml
 from tqdm import tqdm
 
-from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError, cli
 from recbole_gflowgr.foundation.paths import REPO_ROOT
 from recbole_gflowgr.foundation.utils import take_pid_file
 from recbole_gflowgr.trainer.results import read_rows
@@ -282,6 +282,9 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
             print(f"  to run: {cell.label} ({f'~{est / 60:.0f} min' if est else 'no estimate'})")
         report["skipped"] = todo
         return report
+    from recbole_gflowgr.artifacts import restore
+
+    restore(results_dir, say=lambda line: print(line, flush=True))  # a fresh clone continues the committed bases
     log_dir = log_dir or os.path.join("log", "experiments", grid["name"])
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     start, lock = time.time(), threading.Lock()
@@ -338,6 +341,7 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
     return report
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", required=True, help="grid yaml (see properties/experiments/)")
@@ -349,17 +353,13 @@ def main(argv=None):
                                                    "(all must match; e.g. --only=TIGER,42)")
     parser.add_argument("--dry_run", action="store_true", help="list the cells still to run, run nothing")
     args = parser.parse_args(argv)
-    try:
-        if args.jobs < 1:
-            raise ConfigError(f"--jobs={args.jobs} must be >= 1")
-        grid = load_grid(args.grid)
-        report = run_grid(grid, args.results_dir, args.jobs, args.time_budget, args.dry_run,
-                          tuple(o for o in args.only.split(",") if o), threads=args.threads)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(1 if report["failed"] else 0)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs={args.jobs} must be >= 1")
+    grid = load_grid(args.grid)
+    report = run_grid(grid, args.results_dir, args.jobs, args.time_budget, args.dry_run,
+                      tuple(o for o in args.only.split(",") if o), threads=args.threads)
+    return 1 if report["failed"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

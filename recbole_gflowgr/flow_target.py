@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from recbole_gflowgr.finetune.common import ensure_scorer, policy_and_reference, reward_terms
-from recbole_gflowgr.foundation.errors import ConfigError, GFlowGRError
+from recbole_gflowgr.foundation.errors import ConfigError, cli
 
 HEAD = ["beta", "target P(pos) mean", "median", "SFT P_F(pos) mean", "median", "target < SFT", "mean log ratio",
         "log Z* mean"]
@@ -90,6 +90,7 @@ def measure(model, scorer, train_data, config, exponents, batches):
     return [summarise(b, *(torch.cat(v) for v in logs[b])) for b in exponents]
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="TIGER or LETTER")
@@ -102,21 +103,17 @@ def main(argv=None):
     args, rest = parser.parse_known_args(argv)
     start = time.time()
     try:
-        try:
-            exponents = [float(x) for x in args.exponents.split(",") if x]
-        except ValueError:
-            raise ConfigError(f"--exponents={args.exponents}: give numbers > 0 separated by commas, e.g. 1,2,4") from None
-        if not exponents or min(exponents) <= 0:
-            raise ConfigError(f"--exponents={args.exponents}: give numbers > 0 separated by commas, e.g. 1,2,4")
-        if args.batches < 0:
-            raise ConfigError(f"--batches={args.batches}: give a number of training batches >= 1, or 0 for all")
-        bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
-        if bad:
-            raise ConfigError(f"unrecognised argument(s) {' '.join(bad)}: config keys are given as --key=value")
-        results, facts = run(args, exponents, rest)
-    except GFlowGRError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        exponents = [float(x) for x in args.exponents.split(",") if x]
+    except ValueError:
+        raise ConfigError(f"--exponents={args.exponents}: give numbers > 0 separated by commas, e.g. 1,2,4") from None
+    if not exponents or min(exponents) <= 0:
+        raise ConfigError(f"--exponents={args.exponents}: give numbers > 0 separated by commas, e.g. 1,2,4")
+    if args.batches < 0:
+        raise ConfigError(f"--batches={args.batches}: give a number of training batches >= 1, or 0 for all")
+    bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
+    if bad:
+        raise ConfigError(f"unrecognised argument(s) {' '.join(bad)}: config keys are given as --key=value")
+    results, facts = run(args, exponents, rest)
     facts["wall_s"] = round(time.time() - start, 1)
     print(markdown(results))
     print(" ".join(f"{k}={v}" for k, v in facts.items()))

@@ -24,12 +24,14 @@ import collections
 import csv
 import glob
 import os
+import sys
 
 import numpy as np
 
 from recbole_gflowgr.analysis import delta_vs_plain, paired_p, variant_table
 from recbole_gflowgr.curves import PREFIX as CURVES
 from recbole_gflowgr.finetune import CONTROL
+from recbole_gflowgr.foundation.errors import cli
 from recbole_gflowgr.trainer.results import METRIC_KEYS, read_rows
 
 
@@ -263,6 +265,7 @@ def grid_sections(paths, results_dir):
     return sections, names, own
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results_dir", default="results")
@@ -301,7 +304,8 @@ def main(argv=None):
         print(control + "\n" + text)
     if args.csv:
         write_csv(lines, args.csv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,7 +15,7 @@ import sys
 
 from recbole_gflowgr.analysis import grid_rows, pyplot, save_figure
 from recbole_gflowgr.experiments import load_grid
-from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError, cli
 
 METRIC = "ndcg@10"
 HEAD = ["dataset", "model", "recipe", "lr", "schedule", "warmup", "batch", "backbone", f"valid {METRIC}",
@@ -103,30 +103,28 @@ def plot_curves(grid, results_dir="results", out_dir=None):
     return paths
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", default="properties/experiments/recipe.yaml")
     parser.add_argument("--results_dir", default="results")
     parser.add_argument("--out", default=None, help="folder of the table and PNGs (default: <results_dir>/plots)")
     args = parser.parse_args(argv)
-    try:
-        grid = load_grid(args.grid)
-        table = recipe_table(grid, args.results_dir)
-        if not any(row is not None for _, row in grid_rows(grid, args.results_dir)):
-            raise ConfigError(f"no rows yet for {args.grid} in {args.results_dir}/; run python -m "
-                              f"recbole_gflowgr.experiments --grid={args.grid} --only=<variant> first")
-        out = args.out or os.path.join(args.results_dir, "plots")
-        os.makedirs(out, exist_ok=True)
-        path = os.path.join(out, f"{grid['name']}.md")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(table + "\n")
-        print(table)
-        for p in [path] + plot_curves(grid, args.results_dir, out):
-            print(p)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    grid = load_grid(args.grid)
+    table = recipe_table(grid, args.results_dir)
+    if not any(row is not None for _, row in grid_rows(grid, args.results_dir)):
+        raise ConfigError(f"no rows yet for {args.grid} in {args.results_dir}/; run python -m "
+                          f"recbole_gflowgr.experiments --grid={args.grid} --only=<variant> first")
+    out = args.out or os.path.join(args.results_dir, "plots")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{grid['name']}.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    print(table)
+    for p in [path] + plot_curves(grid, args.results_dir, out):
+        print(p)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

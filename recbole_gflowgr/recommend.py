@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from recbole_gflowgr.foundation.errors import GFlowGRError
+from recbole_gflowgr.foundation.errors import GFlowGRError, cli
 
 
 class UnknownItemError(GFlowGRError):
@@ -251,6 +251,7 @@ def run(args):
     return 0
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="exported checkpoint (the \"export\" of a result row)")
@@ -272,11 +273,7 @@ def main(argv=None):
     if args.input and not os.path.isfile(args.input):
         parser.error(f"--input {args.input} does not exist")
     warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
-    try:
-        return run(args)
-    except GFlowGRError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import tempfile
 import yaml
 
 from recbole_gflowgr.experiments import expand, load_grid
-from recbole_gflowgr.foundation.errors import ConfigError
+from recbole_gflowgr.foundation.errors import ConfigError, cli
 from recbole_gflowgr.foundation.utils import atomic_file
 
 
@@ -127,17 +127,14 @@ def rekey(grid, results_dir="results", dry_run=False):
     return report
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", required=True, help="grid yaml (see properties/experiments/)")
     parser.add_argument("--results_dir", default="results")
     parser.add_argument("--dry_run", action="store_true", help="say what would move, write nothing")
     args = parser.parse_args(argv)
-    try:
-        report = rekey(load_grid(args.grid), args.results_dir, args.dry_run)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = rekey(load_grid(args.grid), args.results_dir, args.dry_run)
     for old, new, what in report["moved"]:
         print(f"{'would move' if args.dry_run else 'moved'} {what}: cell {old} -> {new}")
     for old, what in report["orphans"]:

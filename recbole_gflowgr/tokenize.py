@@ -13,7 +13,10 @@ import sys
 
 import yaml
 
+from recbole_gflowgr.foundation.errors import cli
 
+
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", "-d", required=True, help="amazon-beauty, yelp, industrial-scientific, ml-100k")
@@ -36,16 +39,11 @@ def main(argv=None):
     overrides.update({k: v for k, v in dataset_settings(vars(args), args.data_path).items() if k != "data_path"})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    from recbole_gflowgr.foundation.errors import GFlowGRError
     from recbole_gflowgr.quick_start import sasrec_item_embeddings  # LETTER's: the collaborative SASRec's
     from recbole_gflowgr.tokenizer import get_semantic_ids
 
-    try:
-        ids = get_semantic_ids(args.dataset, args.tokenizer, args.data_path, overrides, args.device,
-                               cf_embeddings=sasrec_item_embeddings)
-    except GFlowGRError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ids = get_semantic_ids(args.dataset, args.tokenizer, args.data_path, overrides, args.device,
+                           cf_embeddings=sasrec_item_embeddings)
     s = ids.stats
     usage = " ".join(f"{lv['used']}/{lv['size']}" for lv in s["levels"])
     print(f"{ids.path}: {s['n_items']} items, collision rate before disambiguation {s['collision_rate']:.4%}, "

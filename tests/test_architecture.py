@@ -20,6 +20,7 @@ LAYERS = {  # first name under recbole_gflowgr -> layer; a module imports only i
     "config": 7, "registry": 7, "quick_start": 7, "tokenize": 7,  # runtime: Config, get_trainer, run, the caches
     "experiments": 8, "leaderboard": 8, "analysis": 8, "recipe": 8, "diversity": 8, "rekey": 8,  # grids and tables
     "flow_target": 8, "curves": 8,  # diagnostics of a trained checkpoint; fine-tuning curves from the rows
+    "artifacts": 8,  # the semantic IDs and checkpoints that the rows start from, committed beside them
 }
 ALLOWED = {  # (importer, imported): an import up the layers, with its reason
 }

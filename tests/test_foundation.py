@@ -191,6 +191,37 @@ def test_cli_errors_are_one_line(capsys):
     assert "NoSuchModel" in err[0] and "nowhere" in err[1] and "no/such/dir/tiny.inter.json" in err[2]
 
 
+def test_command_turns_input_errors_into_one_line_and_status_2_and_keeps_bugs(capsys):
+    from recbole_gflowgr.foundation.errors import cli
+
+    @cli
+    def main(argv=None):
+        if argv == ["bad"]:
+            raise DatasetError("source x.json is malformed; fix it")
+        if argv == ["bug"]:
+            raise KeyError("a bug")
+        return 0
+
+    assert main([]) == 0 and main(["bad"]) == 2
+    assert capsys.readouterr().err == "error: source x.json is malformed; fix it\n"
+    with pytest.raises(KeyError):  # a bug is not an input error: its traceback stays
+        main(["bug"])
+
+
+def test_every_command_of_the_package_reports_input_errors_the_same_way():
+    import ast
+    import glob
+
+    mains = {}
+    for path in glob.glob(os.path.join(REPO, "recbole_gflowgr", "**", "*.py"), recursive=True) + [
+            os.path.join(REPO, "run_recbole_gflowgr.py")]:
+        with open(path) as f:
+            for node in ast.parse(f.read()).body:
+                if isinstance(node, ast.FunctionDef) and node.name == "main":
+                    mains[os.path.relpath(path, REPO)] = [ast.unparse(d) for d in node.decorator_list]
+    assert len(mains) == 12 and all(d == ["cli"] for d in mains.values()), mains
+
+
 def test_runner_end_to_end_writes_a_result_row(capsys):
     src, _, _ = tiny_letter(n_users=60)
     code = run_recbole_gflowgr.main(["--model=SASRec", "--dataset=tiny", f"--source_path={src}", "--epochs=2",

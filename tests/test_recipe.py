@@ -76,9 +76,5 @@ def test_recipe_table_and_plot_from_fake_rows():
 def test_recipe_command_without_rows_says_what_to_run(capsys):
     from recbole_gflowgr import recipe
 
-    import pytest
-
-    with pytest.raises(SystemExit) as e:
-        recipe.main(["--grid", GRID, "--results_dir", "nothing"])
-    assert e.value.code == 2
+    assert recipe.main(["--grid", GRID, "--results_dir", "nothing"]) == 2
     assert "error: no rows yet for" in capsys.readouterr().err

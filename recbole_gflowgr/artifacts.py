@@ -1,0 +1,139 @@
+"""The trained inputs of the tables, committed beside their rows so that a fresh clone continues them.
+
+    python -m recbole_gflowgr.artifacts pack      # after a grid: what its rows start from -> results/artifacts/
+    python -m recbole_gflowgr.artifacts restore   # on a fresh clone (the grid runner does it first)
+
+A fine-tuning cell starts from its seed's SFT checkpoint, which starts from the dataset's semantic IDs. Neither is
+reproducible bit for bit on another machine (the text encoder's and RQ-VAE's float reductions differ across CPUs
+and thread counts; other IDs are another SFT base), and training them again costs 1.5-2.5 h per SFT on the 2-core
+CPU. So ``pack`` copies them into ``<results_dir>/artifacts/``:
+
+* ``tokenizer/<dataset>/<folder>/``: every semantic-ID folder of the dataset (``index.json``, ``stats.json``,
+  ``config.json``, the quantiser), as ``get_semantic_ids`` caches it under ``<data_path>/<dataset>/tokenizer/``;
+* ``sft/<name>.pth``: the SFT checkpoint of every SFT row (``sft_cache``) found here, without its optimizer state
+  (fine-tuning starts its own optimizer); the name holds the hash of the backbone config, seed and semantic IDs;
+* ``collaborative/<name>.pth``: the collaborative SASRec of each dataset (GFlowGR's sampler and reward), likewise,
+  with its metrics file ``<name>.json``.
+
+``restore`` converts each packed dataset from its registered source if it is not converted yet, and copies what is missing into
+``<data_path>`` and ``<checkpoint_dir>``; it never overwrites. Semantic IDs computed here before that differ from
+the packed ones are reported: runs then train a new base (their SFT cache name differs), as they should.
+"""
+import argparse
+import filecmp
+import glob
+import os
+import shutil
+import sys
+
+from recbole_gflowgr.foundation.errors import ConfigError, GFlowGRError, cli
+from recbole_gflowgr.foundation.utils import atomic_file, atomic_save
+from recbole_gflowgr.trainer.results import read_rows
+
+KINDS = ("sft", "collaborative")  # checkpoint folders under checkpoint_dir, packed under the same names
+
+
+def artifacts_dir(results_dir):
+    return os.path.join(results_dir, "artifacts")
+
+
+def slim_copy(src, dst):
+    """Copy the RecBole checkpoint ``src`` to ``dst`` without its optimizer state (atomically), with the metrics
+    file beside it (``<name>.json``, the collaborative model's) if there is one."""
+    from recbole_gflowgr.foundation.compat import trusted_torch_load
+
+    state = trusted_torch_load(src)
+    state.pop("optimizer", None)
+    atomic_save(state, dst)
+    _copy_sidecar(src, dst)
+
+
+def _copy_sidecar(src, dst):
+    if os.path.isfile(src[:-4] + ".json"):
+        shutil.copyfile(src[:-4] + ".json", dst[:-4] + ".json")
+
+
+def pack(results_dir="results", data_path="dataset", checkpoint_dir="saved"):
+    """Copy the semantic IDs, SFT and collaborative checkpoints that ``results_dir``'s rows start from into
+    ``<results_dir>/artifacts``; returns the paths written (what is packed already is left as it is)."""
+    out, written = artifacts_dir(results_dir), []
+    sft = {os.path.basename(r["sft_cache"]): r["dataset"] for r in read_rows(results_dir) if r.get("sft_cache")}
+    here = {name: ds for name, ds in sft.items() if os.path.isfile(os.path.join(checkpoint_dir, "sft", name))}
+    for name, dataset in sorted(here.items()):
+        dst = os.path.join(out, "sft", name)
+        if not os.path.isfile(dst):
+            slim_copy(os.path.join(checkpoint_dir, "sft", name), dst)
+            written.append(dst)
+        for src in sorted(glob.glob(os.path.join(checkpoint_dir, "collaborative", f"{dataset}-SASRec-*.pth"))):
+            dst = os.path.join(out, "collaborative", os.path.basename(src))
+            if not os.path.isfile(dst):
+                slim_copy(src, dst)
+                written.append(dst)
+    for dataset in sorted(set(here.values())):
+        for folder in sorted(glob.glob(os.path.join(data_path, dataset, "tokenizer", "*", "index.json"))):
+            folder = os.path.dirname(folder)
+            dst = os.path.join(out, "tokenizer", dataset, os.path.basename(folder))
+            if not os.path.isdir(dst):
+                shutil.copytree(folder, dst)
+                written.append(dst)
+    return written
+
+
+def restore(results_dir="results", data_path="dataset", checkpoint_dir="saved", say=print):
+    """Copy the packed artifacts of ``results_dir`` that are missing into ``data_path`` / ``checkpoint_dir``;
+    returns the paths written. ``say`` gets one line per restored or conflicting artifact."""
+    out, written = artifacts_dir(results_dir), []
+    for dataset_dir in sorted(glob.glob(os.path.join(out, "tokenizer", "*"))):
+        dataset = os.path.basename(dataset_dir)
+        if not os.path.isfile(os.path.join(data_path, dataset, f"{dataset}.inter")):
+            from recbole_gflowgr.data import prepare_dataset  # the IDs live beside the converted files: convert first
+
+            try:
+                prepare_dataset(dataset, os.path.join(data_path, dataset))
+            except GFlowGRError as e:  # e.g. a user's dataset whose source is given per run
+                say(f"note: semantic IDs of {dataset} not restored (convert it first: {e})")
+                continue
+        for folder in sorted(glob.glob(os.path.join(dataset_dir, "*"))):
+            dst = os.path.join(data_path, dataset, "tokenizer", os.path.basename(folder))
+            if not os.path.isdir(dst):
+                tmp = dst + ".restoring"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(folder, tmp)
+                os.replace(tmp, dst)
+                written.append(dst)
+                say(f"restored semantic IDs {dst}")
+            elif not filecmp.cmp(os.path.join(folder, "index.json"), os.path.join(dst, "index.json"), shallow=False):
+                say(f"note: {dst} holds other semantic IDs than {folder}: runs here train a new SFT base; remove "
+                    f"{dst} to continue the committed one")
+    for kind in KINDS:
+        for src in sorted(glob.glob(os.path.join(out, kind, "*.pth"))):
+            dst = os.path.join(checkpoint_dir, kind, os.path.basename(src))
+            if not os.path.isfile(dst):
+                with atomic_file(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+                _copy_sidecar(src, dst)
+                written.append(dst)
+                say(f"restored {kind} checkpoint {dst}")
+    return written
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["pack", "restore"])
+    parser.add_argument("--results_dir", default="results")
+    parser.add_argument("--data_path", default="dataset", help="root of the converted datasets (config data_path)")
+    parser.add_argument("--checkpoint_dir", default="saved", help="config checkpoint_dir")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.results_dir):
+        raise ConfigError(f"--results_dir={args.results_dir} does not exist")
+    if args.what == "pack":
+        for path in pack(args.results_dir, args.data_path, args.checkpoint_dir):
+            print(f"packed {path}")
+    else:
+        restore(args.results_dir, args.data_path, args.checkpoint_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

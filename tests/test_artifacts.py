@@ -1,0 +1,103 @@
+"""results/artifacts: the semantic IDs and checkpoints that the rows start from, packed and restored (no training)."""
+import json
+import os
+import shutil
+
+import torch
+
+from recbole_gflowgr import artifacts
+from recbole_gflowgr.data import prepare_dataset
+
+SFT = "tiny-TIGER-0123456789ab.pth"
+CM = "tiny-SASRec-ba9876543210.pth"
+
+
+def write_tiny(folder="src"):
+    os.makedirs(folder, exist_ok=True)
+    items = {str(i): {"title": f"item {i}"} for i in range(8)}
+    with open(os.path.join(folder, "Tiny.item.json"), "w") as f:
+        json.dump(items, f)
+    with open(os.path.join(folder, "Tiny.inter.json"), "w") as f:
+        json.dump({str(u): [str((u + k) % 8) for k in range(4)] for u in range(6)}, f)
+    prepare_dataset("tiny", "dataset/tiny", source_path=folder, source_prefix="Tiny")
+
+
+def checkpoint(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"state_dict": {"w": torch.full((3,), value)}, "optimizer": {"state": {0: torch.zeros(3)}},
+                "config": None}, path)
+
+
+def setup_run():
+    """What a finished SFT run leaves: its row, its SFT cache, the CM's cache, the dataset's semantic IDs."""
+    write_tiny()
+    os.makedirs("results")
+    with open("results/tiny.jsonl", "w") as f:
+        f.write(json.dumps({"dataset": "tiny", "model": "TIGER", "finetune": "sft", "seed": 42,
+                            "sft_cache": f"saved/sft/{SFT}", "test": {}}) + "\n")
+    checkpoint(f"saved/sft/{SFT}", 1.0)
+    checkpoint(f"saved/collaborative/{CM}", 2.0)
+    with open(f"saved/collaborative/{CM[:-4]}.json", "w") as f:
+        f.write('{"test": {"ndcg@10": 0.06}}')
+    checkpoint("saved/sft/tiny-TIGER-ffffffffffff.pth", 3.0)  # no row starts from it: not packed
+    ids = "dataset/tiny/tokenizer/rqvae-abc"
+    os.makedirs(ids)
+    for name, text in (("index.json", '{"0": ["<a_1>"]}'), ("stats.json", "{}"), ("config.json", "{}")):
+        with open(os.path.join(ids, name), "w") as f:
+            f.write(text)
+    return ids
+
+
+def test_pack_keeps_what_the_rows_start_from_without_optimizer_state_and_restore_puts_it_back(tmp_path):
+    os.chdir(tmp_path)
+    ids = setup_run()
+    written = artifacts.pack("results")
+    assert sorted(os.path.relpath(p, "results/artifacts") for p in written) == [
+        f"collaborative/{CM}", f"sft/{SFT}", "tokenizer/tiny/rqvae-abc"]
+    packed = torch.load(f"results/artifacts/sft/{SFT}", weights_only=False)
+    assert "optimizer" not in packed and torch.equal(packed["state_dict"]["w"], torch.ones(3))
+    assert artifacts.pack("results") == []  # packed already: left as it is
+
+    shutil.rmtree("saved")
+    shutil.rmtree(ids)
+    said = []
+    restored = artifacts.restore("results", say=said.append)
+    assert sorted(restored) == sorted([ids, f"saved/sft/{SFT}", f"saved/collaborative/{CM}"])
+    assert len(said) == 3 and said[0] == f"restored semantic IDs {ids}"
+    with open(os.path.join(ids, "index.json")) as f:
+        assert json.load(f) == {"0": ["<a_1>"]}
+    assert torch.equal(torch.load(f"saved/collaborative/{CM}", weights_only=False)["state_dict"]["w"],
+                       torch.full((3,), 2.0))
+    with open(f"saved/collaborative/{CM[:-4]}.json") as f:  # its metrics travel with it
+        assert json.load(f) == {"test": {"ndcg@10": 0.06}}
+    assert artifacts.restore("results", say=said.append) == [] and len(said) == 3  # never twice, never over
+
+
+def test_restore_reports_other_local_semantic_ids_and_leaves_them(tmp_path):
+    os.chdir(tmp_path)
+    ids = setup_run()
+    artifacts.pack("results")
+    with open(os.path.join(ids, "index.json"), "w") as f:
+        f.write('{"0": ["<a_2>"]}')  # computed here on another CPU: other IDs
+    said = []
+    assert artifacts.restore("results", say=said.append) == []
+    assert len(said) == 1 and said[0].startswith(f"note: {ids} holds other semantic IDs") and "new SFT base" in said[0]
+    with open(os.path.join(ids, "index.json")) as f:
+        assert f.read() == '{"0": ["<a_2>"]}'
+
+
+def test_restore_of_an_unconverted_dataset_without_a_registered_source_is_a_note(tmp_path):
+    os.chdir(tmp_path)
+    os.makedirs("results/artifacts/tokenizer/mine/rqvae-abc")
+    said = []
+    assert artifacts.restore("results", say=said.append) == []
+    assert len(said) == 1 and said[0].startswith("note: semantic IDs of mine not restored (convert it first")
+
+
+def test_the_command_says_what_it_packed(tmp_path, capsys):
+    os.chdir(tmp_path)
+    setup_run()
+    assert artifacts.main(["pack"]) == 0
+    assert capsys.readouterr().out.count("packed results/artifacts/") == 3
+    assert artifacts.main(["restore", "--results_dir=nowhere"]) == 2
+    assert capsys.readouterr().err == "error: --results_dir=nowhere does not exist\n"
