@@ -15,8 +15,8 @@ CPU. So ``pack`` copies them into ``<results_dir>/artifacts/``:
 * ``collaborative/<name>.pth``: the collaborative SASRec of each dataset (GFlowGR's sampler and reward), likewise,
   with its metrics file ``<name>.json``.
 
-``restore`` converts each packed dataset from its registered source if it is not converted yet, and copies what is missing into
-``<data_path>`` and ``<checkpoint_dir>``; it never overwrites. Semantic IDs computed here before that differ from
+``restore`` converts each packed dataset from its registered source if it is not converted yet, and copies what
+is missing into ``<data_path>`` and ``<checkpoint_dir>``; it never overwrites. Semantic IDs computed here before that differ from
 the packed ones are reported: runs then train a new base (their SFT cache name differs), as they should.
 """
 import argparse
@@ -27,7 +27,7 @@ import shutil
 import sys
 
 from recbole_gflowgr.foundation.errors import ConfigError, GFlowGRError, cli
-from recbole_gflowgr.foundation.utils import atomic_file, atomic_save
+from recbole_gflowgr.foundation.utils import atomic_file, atomic_folder, atomic_save
 from recbole_gflowgr.trainer.results import read_rows
 
 KINDS = ("sft", "collaborative")  # checkpoint folders under checkpoint_dir, packed under the same names
@@ -64,12 +64,12 @@ def pack(results_dir="results", data_path="dataset", checkpoint_dir="saved"):
         if not os.path.isfile(dst):
             slim_copy(os.path.join(checkpoint_dir, "sft", name), dst)
             written.append(dst)
+    for dataset in sorted(set(here.values())):
         for src in sorted(glob.glob(os.path.join(checkpoint_dir, "collaborative", f"{dataset}-SASRec-*.pth"))):
             dst = os.path.join(out, "collaborative", os.path.basename(src))
             if not os.path.isfile(dst):
                 slim_copy(src, dst)
                 written.append(dst)
-    for dataset in sorted(set(here.values())):
         for folder in sorted(glob.glob(os.path.join(data_path, dataset, "tokenizer", "*", "index.json"))):
             folder = os.path.dirname(folder)
             dst = os.path.join(out, "tokenizer", dataset, os.path.basename(folder))
@@ -96,10 +96,8 @@ def restore(results_dir="results", data_path="dataset", checkpoint_dir="saved", 
         for folder in sorted(glob.glob(os.path.join(dataset_dir, "*"))):
             dst = os.path.join(data_path, dataset, "tokenizer", os.path.basename(folder))
             if not os.path.isdir(dst):
-                tmp = dst + ".restoring"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(folder, tmp)
-                os.replace(tmp, dst)
+                with atomic_folder(dst) as tmp:
+                    shutil.copytree(folder, tmp, dirs_exist_ok=True)
                 written.append(dst)
                 say(f"restored semantic IDs {dst}")
             elif not filecmp.cmp(os.path.join(folder, "index.json"), os.path.join(dst, "index.json"), shallow=False):
