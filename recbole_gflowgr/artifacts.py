@@ -13,10 +13,15 @@ CPU. So ``pack`` copies them into ``<results_dir>/artifacts/``:
 * ``sft/<name>.pth``: the SFT checkpoint of every SFT row (``sft_cache``) found here, without its optimizer state
   (fine-tuning starts its own optimizer); the name holds the hash of the backbone config, seed and semantic IDs;
 * ``collaborative/<name>.pth``: the collaborative SASRec of each dataset (GFlowGR's sampler and reward), likewise,
-  with its metrics file ``<name>.json``.
+  with its metrics file ``<name>.json``;
+* ``resume/<run id>-last.pth``: the last checkpoint (``resume.py``, optimizer state included) of every grid cell
+  that was cut off before its row was written, with its best checkpoint (without optimizer state) beside it: a
+  cell longer than a session (an SFT of amazon-beauty, of LETTER) continues in the next one from its last
+  validation instead of from epoch 0. Once the cell's row is in ``<results_dir>``, ``pack`` removes them.
 
 ``restore`` converts each packed dataset from its registered source if it is not converted yet, and copies what
-is missing into ``<data_path>`` and ``<checkpoint_dir>``; it never overwrites. Semantic IDs computed here before that differ from
+is missing into ``<data_path>`` and ``<checkpoint_dir>``; it never overwrites (a local last checkpoint is newer than
+the packed one). Semantic IDs computed here before that differ from
 the packed ones are reported: runs then train a new base (their SFT cache name differs), as they should.
 """
 import argparse
@@ -28,9 +33,11 @@ import sys
 
 from recbole_gflowgr.foundation.errors import ConfigError, GFlowGRError, cli
 from recbole_gflowgr.foundation.utils import atomic_file, atomic_folder, atomic_save
+from recbole_gflowgr.trainer.resume import LAST_SUFFIX
 from recbole_gflowgr.trainer.results import read_rows
 
 KINDS = ("sft", "collaborative")  # checkpoint folders under checkpoint_dir, packed under the same names
+RESUME = "resume"  # packed last checkpoints of cut-off grid cells (and their best checkpoints)
 
 
 def artifacts_dir(results_dir):
@@ -53,10 +60,65 @@ def _copy_sidecar(src, dst):
         shutil.copyfile(src[:-4] + ".json", dst[:-4] + ".json")
 
 
-def pack(results_dir="results", data_path="dataset", checkpoint_dir="saved"):
-    """Copy the semantic IDs, SFT and collaborative checkpoints that ``results_dir``'s rows start from into
-    ``<results_dir>/artifacts``; returns the paths written (what is packed already is left as it is)."""
-    out, written = artifacts_dir(results_dir), []
+def finished_cells(results_dir):
+    """The grid cells (``experiment_cell``) that have a row in ``results_dir``."""
+    return {row["experiment_cell"] for row in read_rows(results_dir) if row.get("experiment_cell")}
+
+
+def _last_state(path):
+    """(grid cell, state) of the last checkpoint ``path``; cell None for a run outside a grid."""
+    from recbole_gflowgr.foundation.compat import trusted_torch_load
+
+    state = trusted_torch_load(path)
+    config = state.get("config")
+    try:
+        cell = config["experiment_cell"] or None  # RecBole's Config: None for a key it does not have
+    except (KeyError, TypeError):
+        cell = None
+    return cell, state
+
+
+def _best_of(state):
+    return (state.get("resume") or {}).get("best_file") or None  # None: no validation had run yet
+
+
+def _pack_resume(results_dir, checkpoint_dir, say):
+    """Pack the last checkpoints of cut-off grid cells, drop the packed ones whose cell has its row now."""
+    folder, written, done = os.path.join(artifacts_dir(results_dir), RESUME), [], finished_cells(results_dir)
+    for src in sorted(glob.glob(os.path.join(checkpoint_dir, "*" + LAST_SUFFIX))):
+        dst = os.path.join(folder, os.path.basename(src))
+        cell, state = _last_state(src)
+        if cell is None or cell in done or (os.path.isfile(dst) and filecmp.cmp(src, dst, shallow=False)):
+            continue
+        best = _best_of(state)  # written to the run's checkpoint_dir, relative to its cwd: found beside the last one
+        best = best and os.path.join(checkpoint_dir, os.path.basename(best))
+        if best and not os.path.isfile(best):
+            say(f"note: {src} not packed: its best checkpoint {best} is missing")
+            continue
+        if best:
+            slim_copy(best, os.path.join(folder, os.path.basename(best)))
+        with atomic_file(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        written.append(dst)
+    kept = set()  # the best checkpoints that a packed last checkpoint still names
+    for packed in sorted(glob.glob(os.path.join(folder, "*" + LAST_SUFFIX))):
+        cell, state = _last_state(packed)
+        if cell in done:  # finished since: nothing left to resume
+            os.remove(packed)
+            say(f"removed {packed} (its cell has a row)")
+        elif _best_of(state):
+            kept.add(os.path.basename(_best_of(state)))
+    for path in glob.glob(os.path.join(folder, "*.pth")):  # a finished run's, or a run started over since
+        if not path.endswith(LAST_SUFFIX) and os.path.basename(path) not in kept:
+            os.remove(path)
+    return written
+
+
+def pack(results_dir="results", data_path="dataset", checkpoint_dir="saved", say=print):
+    """Copy the semantic IDs, SFT and collaborative checkpoints that ``results_dir``'s rows start from, and the last
+    checkpoints of cut-off grid cells, into ``<results_dir>/artifacts``; returns the paths written (what is packed
+    already is left as it is). ``say`` gets a line per packed last checkpoint removed or not packed."""
+    out, written = artifacts_dir(results_dir), _pack_resume(results_dir, checkpoint_dir, say)
     sft = {os.path.basename(r["sft_cache"]): r["dataset"] for r in read_rows(results_dir) if r.get("sft_cache")}
     here = {name: ds for name, ds in sft.items() if os.path.isfile(os.path.join(checkpoint_dir, "sft", name))}
     for name, dataset in sorted(here.items()):
@@ -112,6 +174,33 @@ def restore(results_dir="results", data_path="dataset", checkpoint_dir="saved", 
                 _copy_sidecar(src, dst)
                 written.append(dst)
                 say(f"restored {kind} checkpoint {dst}")
+    return written + _restore_resume(results_dir, checkpoint_dir, say)
+
+
+def _restore_resume(results_dir, checkpoint_dir, say):
+    """Put the packed last checkpoints of unfinished cells (and their best ones) into ``checkpoint_dir``, the best
+    file's path in the last checkpoint rewritten to where it lands; a local last checkpoint is left as it is."""
+    folder, written, done = os.path.join(artifacts_dir(results_dir), RESUME), [], finished_cells(results_dir)
+    for src in sorted(glob.glob(os.path.join(folder, "*" + LAST_SUFFIX))):
+        dst = os.path.join(checkpoint_dir, os.path.basename(src))
+        if os.path.isfile(dst):
+            continue
+        cell, state = _last_state(src)
+        if cell in done:
+            continue
+        best = _best_of(state)
+        if best:
+            packed_best, local_best = (os.path.join(d, os.path.basename(best)) for d in (folder, checkpoint_dir))
+            if not os.path.isfile(packed_best):
+                say(f"note: {src} not restored: its best checkpoint {packed_best} is missing")
+                continue
+            with atomic_file(local_best) as tmp:
+                shutil.copyfile(packed_best, tmp)
+            state["resume"]["best_file"] = local_best
+            written.append(local_best)
+        atomic_save(state, dst, pickle_protocol=4)
+        written.append(dst)
+        say(f"restored the last checkpoint of an unfinished run {dst} ({state.get('epoch', -1) + 1} epochs done)")
     return written
 
 
@@ -126,7 +215,7 @@ def main(argv=None):
     if not os.path.isdir(args.results_dir):
         raise ConfigError(f"--results_dir={args.results_dir} does not exist")
     if args.what == "pack":
-        for path in pack(args.results_dir, args.data_path, args.checkpoint_dir):
+        for path in pack(args.results_dir, args.data_path, args.checkpoint_dir):  # removals: printed as they go
             print(f"packed {path}")
     else:
         restore(args.results_dir, args.data_path, args.checkpoint_dir)

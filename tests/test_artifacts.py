@@ -101,3 +101,44 @@ def test_the_command_says_what_it_packed(tmp_path, capsys):
     assert capsys.readouterr().out.count("packed results/artifacts/") == 3
     assert artifacts.main(["restore", "--results_dir=nowhere"]) == 2
     assert capsys.readouterr().err == "error: --results_dir=nowhere does not exist\n"
+
+
+def last_checkpoint(path, cell, best):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"config": {"experiment_cell": cell} if cell else {}, "epoch": 6, "state_dict": {"w": torch.ones(2)},
+                "optimizer": {"state": {0: torch.zeros(2)}}, "resume": {"best_file": best}}, path)
+
+
+def test_the_last_checkpoint_of_a_cut_off_cell_travels_with_its_best_one_until_the_cell_has_its_row(tmp_path):
+    os.chdir(tmp_path)
+    os.makedirs("results")
+    row = {"dataset": "tiny", "model": "TIGER", "finetune": "sft", "seed": 42, "test": {}}
+    with open("results/tiny.jsonl", "w") as f:
+        f.write(json.dumps({**row, "experiment_cell": "done"}) + "\n")
+    checkpoint("saved/TIGER-best-1.pth", 4.0)
+    last_checkpoint("saved/TIGER-a-last.pth", "running", "saved/TIGER-best-1.pth")
+    last_checkpoint("saved/TIGER-b-last.pth", "done", "saved/TIGER-best-2.pth")  # its row is written: not packed
+    last_checkpoint("saved/TIGER-c-last.pth", None, None)  # a run outside a grid: no row to continue
+    said = []
+    assert artifacts.pack("results", say=said.append) == ["results/artifacts/resume/TIGER-a-last.pth"]
+    assert sorted(os.listdir("results/artifacts/resume")) == ["TIGER-a-last.pth", "TIGER-best-1.pth"]
+    assert "optimizer" not in torch.load("results/artifacts/resume/TIGER-best-1.pth", weights_only=False)
+    assert artifacts.pack("results", say=said.append) == [] and said == []  # unchanged: left as it is
+
+    shutil.rmtree("saved")
+    restored = artifacts.restore("results", checkpoint_dir="ckpt", say=said.append)
+    assert restored == ["ckpt/TIGER-best-1.pth", "ckpt/TIGER-a-last.pth"]
+    assert said == ["restored the last checkpoint of an unfinished run ckpt/TIGER-a-last.pth (7 epochs done)"]
+    last = torch.load("ckpt/TIGER-a-last.pth", weights_only=False)
+    assert last["resume"]["best_file"] == "ckpt/TIGER-best-1.pth"  # where its best one is now
+    assert torch.equal(last["optimizer"]["state"][0], torch.zeros(2))  # an exact resume needs the optimizer state
+    assert torch.equal(torch.load("ckpt/TIGER-best-1.pth", weights_only=False)["state_dict"]["w"], torch.full((3,), 4.))
+    assert artifacts.restore("results", checkpoint_dir="ckpt", say=said.append) == []  # the local one is newer
+
+    with open("results/tiny.jsonl", "a") as f:
+        f.write(json.dumps({**row, "experiment_cell": "running"}) + "\n")  # the resumed cell finished
+    assert artifacts.restore("results", checkpoint_dir="elsewhere", say=said.append) == []  # stale: not restored
+    said.clear()
+    assert artifacts.pack("results", checkpoint_dir="ckpt", say=said.append) == []
+    assert said == ["removed results/artifacts/resume/TIGER-a-last.pth (its cell has a row)"]
+    assert os.listdir("results/artifacts/resume") == []  # its best one too
