@@ -249,3 +249,30 @@ def test_a_missing_best_checkpoint_is_a_clear_error(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: resume: cannot resume from {last}: its best checkpoint saved/TIGER-")
     assert err.endswith(f"is missing; delete {last} to start the run over") and not os.path.exists("res")
+
+
+def test_a_cut_off_cell_packed_and_restored_on_a_fresh_clone_resumes_to_the_uninterrupted_result(monkeypatch):
+    import shutil
+
+    from recbole_gflowgr import artifacts
+
+    args = (["--model=TIGER", "--experiment_cell=cell1"] + patch_gr(monkeypatch)
+            + with_args(TINY_GR, EPOCHS + ["--checkpoint_dir=saved"]))
+    with monkeypatch.context() as m:
+        kill_in_epoch(m, 1)
+        with pytest.raises(Killed):
+            run_recbole_gflowgr.main(args)
+    os.makedirs("res", exist_ok=True)
+    packed = f"res/artifacts/resume/{os.path.basename(last_file('saved'))}"
+    assert artifacts.pack("res", checkpoint_dir="saved") == [packed]
+    shutil.rmtree("saved")  # the next session's machine: only what was committed (res/) is there
+    restored = artifacts.restore("res", checkpoint_dir="saved", say=lambda line: None)
+    assert len(restored) == 2 and os.path.isfile(last_file("saved"))
+    assert run_recbole_gflowgr.main(args + ["--resume=True"]) == 0
+    resumed = rows()[-1]
+    assert resumed["resumed_s"] > 0 and resumed["epochs"] == 3 and not glob.glob("saved/*-last.pth")
+    assert run_recbole_gflowgr.main(with_args(args, ["--checkpoint_dir=whole"])) == 0
+    whole = rows()[-1]
+    assert (resumed["test"], resumed["valid"]) == (whole["test"], whole["valid"])
+    artifacts.pack("res", checkpoint_dir="saved", say=lambda line: None)  # the cell has its row: unpacked again
+    assert os.listdir("res/artifacts/resume") == []
