@@ -8,16 +8,18 @@ reproducible bit for bit on another machine (the text encoder's and RQ-VAE's flo
 and thread counts; other IDs are another SFT base), and training them again costs 1.5-2.5 h per SFT on the 2-core
 CPU. So ``pack`` copies them into ``<results_dir>/artifacts/``:
 
-* ``tokenizer/<dataset>/<folder>/``: every semantic-ID folder of the dataset (``index.json``, ``stats.json``,
-  ``config.json``, the quantiser), as ``get_semantic_ids`` caches it under ``<data_path>/<dataset>/tokenizer/``;
+* ``tokenizer/<dataset>/<folder>/``: every semantic-ID folder of each dataset with rows or unfinished runs
+  (``index.json``, ``stats.json``, ``config.json``, the quantiser), as ``get_semantic_ids`` caches it under
+  ``<data_path>/<dataset>/tokenizer/``;
 * ``sft/<name>.pth``: the SFT checkpoint of every SFT row (``sft_cache``) found here, without its optimizer state
   (fine-tuning starts its own optimizer); the name holds the hash of the backbone config, seed and semantic IDs;
 * ``collaborative/<name>.pth``: the collaborative SASRec of each dataset (GFlowGR's sampler and reward), likewise,
   with its metrics file ``<name>.json``;
 * ``resume/<run id>-last.pth``: the last checkpoint (``resume.py``, optimizer state included) of every grid cell
-  that was cut off before its row was written, with its best checkpoint (without optimizer state) beside it: a
-  cell longer than a session (an SFT of amazon-beauty, of LETTER) continues in the next one from its last
-  validation instead of from epoch 0. Once the cell's row is in ``<results_dir>``, ``pack`` removes them.
+  that was cut off before its row was written, and of a collaborative model cut off before it was cached, with its
+  best checkpoint (without optimizer state) beside it: a run longer than a session (an SFT of amazon-beauty, of
+  LETTER) continues in the next one from its last validation instead of from epoch 0. Once the cell has its row
+  (the collaborative model its cache), ``pack`` removes them.
 
 ``restore`` converts each packed dataset from its registered source if it is not converted yet, and copies what
 is missing into ``<data_path>`` and ``<checkpoint_dir>``; it never overwrites (a local last checkpoint is newer than
@@ -37,7 +39,7 @@ from recbole_gflowgr.trainer.resume import LAST_SUFFIX
 from recbole_gflowgr.trainer.results import read_rows
 
 KINDS = ("sft", "collaborative")  # checkpoint folders under checkpoint_dir, packed under the same names
-RESUME = "resume"  # packed last checkpoints of cut-off grid cells (and their best checkpoints)
+RESUME = "resume"  # packed last checkpoints of unfinished runs (and their best checkpoints)
 
 
 def artifacts_dir(results_dir):
@@ -65,17 +67,28 @@ def finished_cells(results_dir):
     return {row["experiment_cell"] for row in read_rows(results_dir) if row.get("experiment_cell")}
 
 
-def _last_state(path):
-    """(grid cell, state) of the last checkpoint ``path``; cell None for a run outside a grid."""
+def _key(config, key):
+    try:
+        return config[key]  # RecBole's Config: None for a key it does not have
+    except (KeyError, TypeError):
+        return None
+
+
+def _pending(path, done, checkpoint_dir):
+    """(state, whether the run of the last checkpoint ``path`` is still to finish): a grid cell without its row in
+    ``done``, or a collaborative model (trained inside a GFlowGR / LETTER run) without its cache in
+    ``checkpoint_dir``; False for any other run (outside a grid: no row to continue)."""
     from recbole_gflowgr.foundation.compat import trusted_torch_load
+    from recbole_gflowgr.trainer.results import config_hash, plain_config
 
     state = trusted_torch_load(path)
     config = state.get("config")
-    try:
-        cell = config["experiment_cell"] or None  # RecBole's Config: None for a key it does not have
-    except (KeyError, TypeError):
-        cell = None
-    return cell, state
+    if _key(config, "experiment_cell"):
+        return state, config["experiment_cell"] not in done
+    if _key(config, "experiment_variant") == "cm" and hasattr(config, "final_config_dict"):
+        cache = f"{config['dataset']}-SASRec-{config_hash(plain_config(config))}.pth"  # quick_start.cm_cache_path
+        return state, not os.path.isfile(os.path.join(checkpoint_dir, "collaborative", cache))
+    return state, False
 
 
 def _best_of(state):
@@ -83,12 +96,13 @@ def _best_of(state):
 
 
 def _pack_resume(results_dir, checkpoint_dir, say):
-    """Pack the last checkpoints of cut-off grid cells, drop the packed ones whose cell has its row now."""
+    """Pack the last checkpoints of unfinished runs; drop the packed ones that have finished since. Returns the
+    paths written and the datasets of the packed runs."""
     folder, written, done = os.path.join(artifacts_dir(results_dir), RESUME), [], finished_cells(results_dir)
     for src in sorted(glob.glob(os.path.join(checkpoint_dir, "*" + LAST_SUFFIX))):
         dst = os.path.join(folder, os.path.basename(src))
-        cell, state = _last_state(src)
-        if cell is None or cell in done or (os.path.isfile(dst) and filecmp.cmp(src, dst, shallow=False)):
+        state, pending = _pending(src, done, checkpoint_dir)
+        if not pending or (os.path.isfile(dst) and filecmp.cmp(src, dst, shallow=False)):
             continue
         best = _best_of(state)  # written to the run's checkpoint_dir, relative to its cwd: found beside the last one
         best = best and os.path.join(checkpoint_dir, os.path.basename(best))
@@ -100,33 +114,38 @@ def _pack_resume(results_dir, checkpoint_dir, say):
         with atomic_file(dst) as tmp:
             shutil.copyfile(src, tmp)
         written.append(dst)
-    kept = set()  # the best checkpoints that a packed last checkpoint still names
+    kept, datasets = set(), set()  # the best checkpoints that a packed last checkpoint still names; their datasets
     for packed in sorted(glob.glob(os.path.join(folder, "*" + LAST_SUFFIX))):
-        cell, state = _last_state(packed)
-        if cell in done:  # finished since: nothing left to resume
+        state, pending = _pending(packed, done, checkpoint_dir)
+        if not pending:  # finished since: nothing left to resume
             os.remove(packed)
-            say(f"removed {packed} (its cell has a row)")
-        elif _best_of(state):
+            say(f"removed {packed} (its run has finished)")
+            continue
+        datasets.add(_key(state.get("config"), "dataset"))
+        if _best_of(state):
             kept.add(os.path.basename(_best_of(state)))
     for path in glob.glob(os.path.join(folder, "*.pth")):  # a finished run's, or a run started over since
         if not path.endswith(LAST_SUFFIX) and os.path.basename(path) not in kept:
             os.remove(path)
-    return written
+    return written, datasets - {None}
 
 
 def pack(results_dir="results", data_path="dataset", checkpoint_dir="saved", say=print):
     """Copy the semantic IDs, SFT and collaborative checkpoints that ``results_dir``'s rows start from, and the last
-    checkpoints of cut-off grid cells, into ``<results_dir>/artifacts``; returns the paths written (what is packed
+    checkpoints of unfinished runs, into ``<results_dir>/artifacts``; returns the paths written (what is packed
     already is left as it is). ``say`` gets a line per packed last checkpoint removed or not packed."""
-    out, written = artifacts_dir(results_dir), _pack_resume(results_dir, checkpoint_dir, say)
-    sft = {os.path.basename(r["sft_cache"]): r["dataset"] for r in read_rows(results_dir) if r.get("sft_cache")}
+    out, (written, unfinished) = artifacts_dir(results_dir), _pack_resume(results_dir, checkpoint_dir, say)
+    rows = read_rows(results_dir)
+    sft = {os.path.basename(r["sft_cache"]): r["dataset"] for r in rows if r.get("sft_cache")}
     here = {name: ds for name, ds in sft.items() if os.path.isfile(os.path.join(checkpoint_dir, "sft", name))}
     for name, dataset in sorted(here.items()):
         dst = os.path.join(out, "sft", name)
         if not os.path.isfile(dst):
             slim_copy(os.path.join(checkpoint_dir, "sft", name), dst)
             written.append(dst)
-    for dataset in sorted(set(here.values())):
+    # a dataset's IDs and collaborative model: for its rows and for its unfinished runs (a resumed SFT must read
+    # the IDs it started with, and IDs recomputed on another machine differ)
+    for dataset in sorted({r["dataset"] for r in rows} | unfinished):
         for src in sorted(glob.glob(os.path.join(checkpoint_dir, "collaborative", f"{dataset}-SASRec-*.pth"))):
             dst = os.path.join(out, "collaborative", os.path.basename(src))
             if not os.path.isfile(dst):
@@ -185,8 +204,8 @@ def _restore_resume(results_dir, checkpoint_dir, say):
         dst = os.path.join(checkpoint_dir, os.path.basename(src))
         if os.path.isfile(dst):
             continue
-        cell, state = _last_state(src)
-        if cell in done:
+        state, pending = _pending(src, done, checkpoint_dir)
+        if not pending:  # finished since it was packed (its row or its cache is here)
             continue
         best = _best_of(state)
         if best:

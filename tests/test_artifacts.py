@@ -140,5 +140,34 @@ def test_the_last_checkpoint_of_a_cut_off_cell_travels_with_its_best_one_until_t
     assert artifacts.restore("results", checkpoint_dir="elsewhere", say=said.append) == []  # stale: not restored
     said.clear()
     assert artifacts.pack("results", checkpoint_dir="ckpt", say=said.append) == []
-    assert said == ["removed results/artifacts/resume/TIGER-a-last.pth (its cell has a row)"]
+    assert said == ["removed results/artifacts/resume/TIGER-a-last.pth (its run has finished)"]
     assert os.listdir("results/artifacts/resume") == []  # its best one too
+
+
+class RecBoleLikeConfig(dict):
+    @property
+    def final_config_dict(self):
+        return dict(self)
+
+
+def test_a_cut_off_collaborative_model_travels_with_the_ids_of_its_dataset_until_it_is_cached(tmp_path):
+    from recbole_gflowgr.trainer.results import config_hash, plain_config
+
+    os.chdir(tmp_path)
+    ids = setup_run()
+    os.remove("results/tiny.jsonl")  # no row yet: a GFlowGR run was training its collaborative model
+    config = RecBoleLikeConfig(dataset="tiny", model="SASRec", experiment_variant="cm", hidden_size=64)
+    torch.save({"config": config, "epoch": 3, "state_dict": {}, "resume": {"best_file": None}},
+               "saved/SASRec-tiny-none-seed42-abc-last.pth")
+    written = artifacts.pack("results", say=print)
+    assert sorted(os.path.relpath(p, "results/artifacts") for p in written) == [
+        f"collaborative/{CM}", "resume/SASRec-tiny-none-seed42-abc-last.pth", "tokenizer/tiny/rqvae-abc"]
+    shutil.rmtree("saved")
+    shutil.rmtree(ids)
+    assert artifacts.restore("results", say=print) == [ids, f"saved/collaborative/{CM}",
+                                                       "saved/SASRec-tiny-none-seed42-abc-last.pth"]
+    cache = f"saved/collaborative/tiny-SASRec-{config_hash(plain_config(config))}.pth"  # quick_start.cm_cache_path
+    checkpoint(cache, 1.0)  # trained and cached since: nothing left to resume
+    said = []
+    assert artifacts.pack("results", say=said.append) == []
+    assert said == ["removed results/artifacts/resume/SASRec-tiny-none-seed42-abc-last.pth (its run has finished)"]
