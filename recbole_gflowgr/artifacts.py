@@ -16,7 +16,9 @@ CPU. So ``pack`` copies them into ``<results_dir>/artifacts/``:
 * ``collaborative/<name>.pth``: the collaborative SASRec of each dataset (GFlowGR's sampler and reward), likewise,
   with its metrics file ``<name>.json``;
 * ``resume/<run id>-last.pth``: the last checkpoint (``resume.py``, optimizer state included) of every grid cell
-  that was cut off before its row was written, and of a collaborative model cut off before it was cached, with its
+  that was cut off before its row was written (and of the SFT run that a fine-tuning cell trains when its SFT
+  checkpoint is missing, until a row names its best checkpoint), and of a collaborative model cut off before it
+  was cached, with its
   best checkpoint (without optimizer state) beside it: a run longer than a session (an SFT of amazon-beauty, of
   LETTER) continues in the next one from its last validation instead of from epoch 0. Once the cell has its row
   (the collaborative model its cache), ``pack`` removes them.
@@ -62,9 +64,12 @@ def _copy_sidecar(src, dst):
         shutil.copyfile(src[:-4] + ".json", dst[:-4] + ".json")
 
 
-def finished_cells(results_dir):
-    """The grid cells (``experiment_cell``) that have a row in ``results_dir``."""
-    return {row["experiment_cell"] for row in read_rows(results_dir) if row.get("experiment_cell")}
+def finished_runs(results_dir):
+    """What has finished according to the rows of ``results_dir``: (the grid cells, ``experiment_cell``, and the
+    best-checkpoint file names, ``checkpoint``, of its rows)."""
+    rows = read_rows(results_dir)
+    return ({r["experiment_cell"] for r in rows if r.get("experiment_cell")},
+            {os.path.basename(r["checkpoint"]) for r in rows if r.get("checkpoint")})
 
 
 def _key(config, key):
@@ -75,19 +80,23 @@ def _key(config, key):
 
 
 def _pending(path, done, checkpoint_dir):
-    """(state, whether the run of the last checkpoint ``path`` is still to finish): a grid cell without its row in
-    ``done``, or a collaborative model (trained inside a GFlowGR / LETTER run) without its cache in
-    ``checkpoint_dir``; False for any other run (outside a grid: no row to continue)."""
+    """(state, whether the run of the last checkpoint ``path`` is still to finish): a grid cell without its row
+    (``done``: :func:`finished_runs`); a run of a grid outside its cells (the SFT that a fine-tuning cell trains
+    when its checkpoint is missing) that has validated and has no row naming its best checkpoint; a collaborative
+    model (trained inside a GFlowGR / LETTER run) without its cache in ``checkpoint_dir``. False for any other run
+    (outside a grid: no row to continue)."""
     from recbole_gflowgr.foundation.compat import trusted_torch_load
     from recbole_gflowgr.trainer.results import config_hash, plain_config
 
     state = trusted_torch_load(path)
-    config = state.get("config")
+    config, (cells, checkpoints) = state.get("config"), done
     if _key(config, "experiment_cell"):
-        return state, config["experiment_cell"] not in done
+        return state, config["experiment_cell"] not in cells
     if _key(config, "experiment_variant") == "cm" and hasattr(config, "final_config_dict"):
         cache = f"{config['dataset']}-SASRec-{config_hash(plain_config(config))}.pth"  # quick_start.cm_cache_path
         return state, not os.path.isfile(os.path.join(checkpoint_dir, "collaborative", cache))
+    if _key(config, "experiment") and _best_of(state):
+        return state, os.path.basename(_best_of(state)) not in checkpoints
     return state, False
 
 
@@ -98,7 +107,7 @@ def _best_of(state):
 def _pack_resume(results_dir, checkpoint_dir, say):
     """Pack the last checkpoints of unfinished runs; drop the packed ones that have finished since. Returns the
     paths written and the datasets of the packed runs."""
-    folder, written, done = os.path.join(artifacts_dir(results_dir), RESUME), [], finished_cells(results_dir)
+    folder, written, done = os.path.join(artifacts_dir(results_dir), RESUME), [], finished_runs(results_dir)
     for src in sorted(glob.glob(os.path.join(checkpoint_dir, "*" + LAST_SUFFIX))):
         dst = os.path.join(folder, os.path.basename(src))
         state, pending = _pending(src, done, checkpoint_dir)
@@ -199,7 +208,7 @@ def restore(results_dir="results", data_path="dataset", checkpoint_dir="saved", 
 def _restore_resume(results_dir, checkpoint_dir, say):
     """Put the packed last checkpoints of unfinished cells (and their best ones) into ``checkpoint_dir``, the best
     file's path in the last checkpoint rewritten to where it lands; a local last checkpoint is left as it is."""
-    folder, written, done = os.path.join(artifacts_dir(results_dir), RESUME), [], finished_cells(results_dir)
+    folder, written, done = os.path.join(artifacts_dir(results_dir), RESUME), [], finished_runs(results_dir)
     for src in sorted(glob.glob(os.path.join(folder, "*" + LAST_SUFFIX))):
         dst = os.path.join(checkpoint_dir, os.path.basename(src))
         if os.path.isfile(dst):

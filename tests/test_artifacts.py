@@ -171,3 +171,22 @@ def test_a_cut_off_collaborative_model_travels_with_the_ids_of_its_dataset_until
     said = []
     assert artifacts.pack("results", say=said.append) == []
     assert said == ["removed results/artifacts/resume/SASRec-tiny-none-seed42-abc-last.pth (its run has finished)"]
+
+
+def test_the_sft_that_a_fine_tuning_cell_trains_travels_until_a_row_names_its_best_checkpoint(tmp_path):
+    os.chdir(tmp_path)
+    os.makedirs("results")
+    checkpoint("saved/LETTER-best-3.pth", 5.0)
+    sft = "saved/LETTER-tiny-sft-seed42-def-last.pth"
+    torch.save({"config": {"experiment": "table1"}, "epoch": 2, "resume": {"best_file": "saved/LETTER-best-3.pth"}},
+               sft)  # no experiment_cell: the SFT run inside a cell, not the cell
+    torch.save({"config": {"experiment": "table1"}, "epoch": 0, "resume": {"best_file": None}},
+               "saved/LETTER-tiny-sft-seed43-def-last.pth")  # not validated yet: nothing worth keeping
+    said = []
+    assert artifacts.pack("results", say=said.append) == [f"results/artifacts/resume/{os.path.basename(sft)}"]
+    with open("results/tiny.jsonl", "w") as f:
+        f.write(json.dumps({"dataset": "tiny", "model": "LETTER", "finetune": "sft", "seed": 42, "test": {},
+                            "experiment": "table1", "checkpoint": "saved/LETTER-best-3.pth"}) + "\n")
+    assert artifacts.pack("results", say=said.append) == []
+    assert said == [f"removed results/artifacts/resume/{os.path.basename(sft)} (its run has finished)"]
+    assert os.listdir("results/artifacts/resume") == []
