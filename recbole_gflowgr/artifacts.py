@@ -18,10 +18,9 @@ CPU. So ``pack`` copies them into ``<results_dir>/artifacts/``:
 * ``resume/<run id>-last.pth``: the last checkpoint (``resume.py``, optimizer state included) of every grid cell
   that was cut off before its row was written (and of the SFT run that a fine-tuning cell trains when its SFT
   checkpoint is missing, until a row names its best checkpoint), and of a collaborative model cut off before it
-  was cached, with its
-  best checkpoint (without optimizer state) beside it: a run longer than a session (an SFT of amazon-beauty, of
-  LETTER) continues in the next one from its last validation instead of from epoch 0. Once the cell has its row
-  (the collaborative model its cache), ``pack`` removes them.
+  was cached, with its best checkpoint (without optimizer state) beside it: a run longer than a session (an SFT
+  of amazon-beauty, of LETTER) continues in the next one from its last validation instead of from epoch 0. Once
+  the run has finished (its row, the collaborative model its cache), ``pack`` removes them.
 
 ``restore`` converts each packed dataset from its registered source if it is not converted yet, and copies what
 is missing into ``<data_path>`` and ``<checkpoint_dir>``; it never overwrites (a local last checkpoint is newer than
