@@ -35,7 +35,7 @@ import shutil
 import sys
 
 from recbole_gflowgr.foundation.errors import ConfigError, GFlowGRError, cli
-from recbole_gflowgr.foundation.utils import atomic_file, atomic_folder, atomic_save
+from recbole_gflowgr.foundation.utils import atomic_copy, atomic_folder, atomic_save
 from recbole_gflowgr.trainer.resume import LAST_SUFFIX
 from recbole_gflowgr.trainer.results import read_rows
 
@@ -63,10 +63,9 @@ def _copy_sidecar(src, dst):
         shutil.copyfile(src[:-4] + ".json", dst[:-4] + ".json")
 
 
-def finished_runs(results_dir):
-    """What has finished according to the rows of ``results_dir``: (the grid cells, ``experiment_cell``, and the
-    best-checkpoint file names, ``checkpoint``, of its rows)."""
-    rows = read_rows(results_dir)
+def finished_runs(rows):
+    """What has finished according to ``rows`` (a results folder's): (the grid cells, ``experiment_cell``, and the
+    best-checkpoint file names, ``checkpoint``, of the rows)."""
     return ({r["experiment_cell"] for r in rows if r.get("experiment_cell")},
             {os.path.basename(r["checkpoint"]) for r in rows if r.get("checkpoint")})
 
@@ -85,14 +84,14 @@ def _pending(path, done, checkpoint_dir):
     model (trained inside a GFlowGR / LETTER run) without its cache in ``checkpoint_dir``. False for any other run
     (outside a grid: no row to continue)."""
     from recbole_gflowgr.foundation.compat import trusted_torch_load
-    from recbole_gflowgr.trainer.results import config_hash, plain_config
+    from recbole_gflowgr.quick_start import cm_cache_path
 
     state = trusted_torch_load(path)
     config, (cells, checkpoints) = state.get("config"), done
     if _key(config, "experiment_cell"):
         return state, config["experiment_cell"] not in cells
     if _key(config, "experiment_variant") == "cm" and hasattr(config, "final_config_dict"):
-        cache = f"{config['dataset']}-SASRec-{config_hash(plain_config(config))}.pth"  # quick_start.cm_cache_path
+        cache = os.path.basename(cm_cache_path(config))  # under the checkpoint_dir of this machine, not the run's
         return state, not os.path.isfile(os.path.join(checkpoint_dir, "collaborative", cache))
     if _key(config, "experiment") and _best_of(state):
         return state, os.path.basename(_best_of(state)) not in checkpoints
@@ -103,10 +102,10 @@ def _best_of(state):
     return (state.get("resume") or {}).get("best_file") or None  # None: no validation had run yet
 
 
-def _pack_resume(results_dir, checkpoint_dir, say):
-    """Pack the last checkpoints of unfinished runs; drop the packed ones that have finished since. Returns the
-    paths written and the datasets of the packed runs."""
-    folder, written, done = os.path.join(artifacts_dir(results_dir), RESUME), [], finished_runs(results_dir)
+def _pack_resume(results_dir, rows, checkpoint_dir, say):
+    """Pack the last checkpoints of unfinished runs; drop the packed ones that have finished since (``rows``: those
+    of ``results_dir``). Returns the paths written and the datasets of the packed runs."""
+    folder, written, done = os.path.join(artifacts_dir(results_dir), RESUME), [], finished_runs(rows)
     for src in sorted(glob.glob(os.path.join(checkpoint_dir, "*" + LAST_SUFFIX))):
         dst = os.path.join(folder, os.path.basename(src))
         state, pending = _pending(src, done, checkpoint_dir)
@@ -119,8 +118,7 @@ def _pack_resume(results_dir, checkpoint_dir, say):
             continue
         if best:
             slim_copy(best, os.path.join(folder, os.path.basename(best)))
-        with atomic_file(dst) as tmp:
-            shutil.copyfile(src, tmp)
+        atomic_copy(src, dst)
         written.append(dst)
     kept, datasets = set(), set()  # the best checkpoints that a packed last checkpoint still names; their datasets
     for packed in sorted(glob.glob(os.path.join(folder, "*" + LAST_SUFFIX))):
@@ -142,8 +140,8 @@ def pack(results_dir="results", data_path="dataset", checkpoint_dir="saved", say
     """Copy the semantic IDs, SFT and collaborative checkpoints that ``results_dir``'s rows start from, and the last
     checkpoints of unfinished runs, into ``<results_dir>/artifacts``; returns the paths written (what is packed
     already is left as it is). ``say`` gets a line per packed last checkpoint removed or not packed."""
-    out, (written, unfinished) = artifacts_dir(results_dir), _pack_resume(results_dir, checkpoint_dir, say)
-    rows = read_rows(results_dir)
+    out, rows = artifacts_dir(results_dir), read_rows(results_dir)
+    written, unfinished = _pack_resume(results_dir, rows, checkpoint_dir, say)
     sft = {os.path.basename(r["sft_cache"]): r["dataset"] for r in rows if r.get("sft_cache")}
     here = {name: ds for name, ds in sft.items() if os.path.isfile(os.path.join(checkpoint_dir, "sft", name))}
     for name, dataset in sorted(here.items()):
@@ -196,8 +194,7 @@ def restore(results_dir="results", data_path="dataset", checkpoint_dir="saved", 
         for src in sorted(glob.glob(os.path.join(out, kind, "*.pth"))):
             dst = os.path.join(checkpoint_dir, kind, os.path.basename(src))
             if not os.path.isfile(dst):
-                with atomic_file(dst) as tmp:
-                    shutil.copyfile(src, tmp)
+                atomic_copy(src, dst)
                 _copy_sidecar(src, dst)
                 written.append(dst)
                 say(f"restored {kind} checkpoint {dst}")
@@ -205,9 +202,10 @@ def restore(results_dir="results", data_path="dataset", checkpoint_dir="saved", 
 
 
 def _restore_resume(results_dir, checkpoint_dir, say):
-    """Put the packed last checkpoints of unfinished cells (and their best ones) into ``checkpoint_dir``, the best
-    file's path in the last checkpoint rewritten to where it lands; a local last checkpoint is left as it is."""
-    folder, written, done = os.path.join(artifacts_dir(results_dir), RESUME), [], finished_runs(results_dir)
+    """Put the packed last checkpoints of unfinished runs (and their best ones) into ``checkpoint_dir``, the best
+    file's path in the last checkpoint rewritten if it lands elsewhere; a local last checkpoint is left as it is."""
+    folder, written = os.path.join(artifacts_dir(results_dir), RESUME), []
+    done = finished_runs(read_rows(results_dir))
     for src in sorted(glob.glob(os.path.join(folder, "*" + LAST_SUFFIX))):
         dst = os.path.join(checkpoint_dir, os.path.basename(src))
         if os.path.isfile(dst):
@@ -221,11 +219,13 @@ def _restore_resume(results_dir, checkpoint_dir, say):
             if not os.path.isfile(packed_best):
                 say(f"note: {src} not restored: its best checkpoint {packed_best} is missing")
                 continue
-            with atomic_file(local_best) as tmp:
-                shutil.copyfile(packed_best, tmp)
-            state["resume"]["best_file"] = local_best
+            atomic_copy(packed_best, local_best)
             written.append(local_best)
-        atomic_save(state, dst, pickle_protocol=4)
+        if best and best != local_best:  # another checkpoint_dir than the run's: the path it names is rewritten
+            state["resume"]["best_file"] = local_best
+            atomic_save(state, dst, pickle_protocol=4)
+        else:  # byte for byte: the next pack sees it unchanged until the run moves on
+            atomic_copy(src, dst)
         written.append(dst)
         say(f"restored the last checkpoint of an unfinished run {dst} ({state.get('epoch', -1) + 1} epochs done)")
     return written

@@ -10,7 +10,6 @@ arguments: the model, tokenizer and trainer code never calls ``run``.
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from logging import getLogger
@@ -27,7 +26,7 @@ from recbole_gflowgr.foundation.compat import trusted_torch_load
 from recbole_gflowgr.foundation.errors import ConfigError
 from recbole_gflowgr.trainer import budget, distributed
 from recbole_gflowgr.finetune import FINETUNE_HEADS, get_finetune_trainer  # noqa: F401 (FINETUNE_HEADS: old home)
-from recbole_gflowgr.foundation.utils import atomic_file, training_lock
+from recbole_gflowgr.foundation.utils import atomic_copy, training_lock
 from recbole_gflowgr.foundation.validation import check_catalogue
 from recbole_gflowgr.model.collaborative import CollaborativeScorer
 from recbole_gflowgr.registry import OUR_MODELS, get_model, get_trainer
@@ -212,8 +211,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
                                        if isinstance(h, logging.FileHandler)), None)})
     if saved and config["model"] in OUR_MODELS and config["finetune"] == "sft":
         cache = sft_cache_path(config)
-        with atomic_file(cache) as tmp:
-            shutil.copyfile(trainer.saved_model_file, tmp)
+        atomic_copy(trainer.saved_model_file, cache)
         row["sft_cache"] = cache
     if saved and config["model"] in OUR_MODELS:  # self-contained checkpoint for recommend.py (best model loaded)
         from recbole_gflowgr.export import export_checkpoint, export_path
@@ -275,8 +273,7 @@ def _train_cm(dataset, data_path, config_dict, path):
         for handler in handlers:
             root.addHandler(handler)
         root.setLevel(level)
-    with atomic_file(path) as tmp:
-        shutil.copyfile(row["checkpoint"], tmp)
+    atomic_copy(row["checkpoint"], path)
     with open(path[:-4] + ".json", "w") as f:
         json.dump({k: row[k] for k in ("valid", "test", "wall_s", "device", "commit", "config_hash")}, f, indent=1)
     getLogger().info(f"collaborative model cached at {path}")

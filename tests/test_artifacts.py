@@ -156,7 +156,8 @@ def test_a_cut_off_collaborative_model_travels_with_the_ids_of_its_dataset_until
     os.chdir(tmp_path)
     ids = setup_run()
     os.remove("results/tiny.jsonl")  # no row yet: a GFlowGR run was training its collaborative model
-    config = RecBoleLikeConfig(dataset="tiny", model="SASRec", experiment_variant="cm", hidden_size=64)
+    config = RecBoleLikeConfig(dataset="tiny", model="SASRec", experiment_variant="cm", hidden_size=64,
+                               checkpoint_dir="/the/run/machines/saved")  # found under this machine's checkpoint_dir
     torch.save({"config": config, "epoch": 3, "state_dict": {}, "resume": {"best_file": None}},
                "saved/SASRec-tiny-none-seed42-abc-last.pth")
     written = artifacts.pack("results", say=print)

@@ -1,7 +1,9 @@
 """Resume (a killed run continues from its last checkpoint to the same result), determinism, atomic checkpoints."""
+import filecmp
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -252,8 +254,6 @@ def test_a_missing_best_checkpoint_is_a_clear_error(monkeypatch, capsys):
 
 
 def test_a_cut_off_cell_packed_and_restored_on_a_fresh_clone_resumes_to_the_uninterrupted_result(monkeypatch):
-    import shutil
-
     from recbole_gflowgr import artifacts
 
     args = (["--model=TIGER", "--experiment_cell=cell1"] + patch_gr(monkeypatch)
@@ -268,6 +268,7 @@ def test_a_cut_off_cell_packed_and_restored_on_a_fresh_clone_resumes_to_the_unin
     shutil.rmtree("saved")  # the next session's machine: only what was committed (res/) is there
     restored = artifacts.restore("res", checkpoint_dir="saved", say=lambda line: None)
     assert len(restored) == 2 and os.path.isfile(last_file("saved"))
+    assert filecmp.cmp(packed, last_file("saved"), shallow=False)  # same checkpoint_dir: restored byte for byte
     assert run_recbole_gflowgr.main(args + ["--resume=True"]) == 0
     resumed = rows()[-1]
     assert resumed["resumed_s"] > 0 and resumed["epochs"] == 3 and not glob.glob("saved/*-last.pth")

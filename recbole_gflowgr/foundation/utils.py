@@ -38,6 +38,13 @@ def atomic_file(path):
             os.remove(tmp)
 
 
+def atomic_copy(src, dst):
+    """``shutil.copyfile(src, dst)`` through :func:`atomic_file`; returns ``dst``."""
+    with atomic_file(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return dst
+
+
 def atomic_save(obj, path, **save_kwargs):
     """``torch.save(obj, ..., **save_kwargs)`` through :func:`atomic_file`: a kill leaves the old checkpoint or the
     new one, never a truncated one; returns ``path``."""
