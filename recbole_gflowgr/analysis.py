@@ -23,7 +23,7 @@ from recbole_gflowgr.trainer.results import METRIC_KEYS
 
 def grid_rows(grid, results_dir="results", finished=None):
     """[(cell, row or None)] in grid order."""
-    finished = done_cells(results_dir) if finished is None else finished
+    finished = done_cells(results_dir, grid=grid) if finished is None else finished
     return [(cell, finished.get(cell.key)) for cell in expand(grid)]
 
 
@@ -56,7 +56,7 @@ def variant_table(grid, results_dir="results", split="test", metric_vs_plain="nd
     """Markdown: one line per (dataset, model, method, variant), mean ± std over the seeds that have rows, and the
     mean paired difference of ``metric_vs_plain`` from the plain method's run (no overrides) and from the variant's
     control ``sft-continued`` (same SFT checkpoint and budget, SFT loss only), each over the seeds both have."""
-    finished = done_cells(results_dir)
+    finished = done_cells(results_dir, grid=grid)  # a row of an older SFT base than its control's is missing
     groups = collections.OrderedDict()
     for cell, row in grid_rows(grid, results_dir, finished):
         key = (cell["dataset"], cell["model"], cell["finetune"], cell["variant"] or "—")
@@ -106,7 +106,7 @@ def sweep_points(grid, results_dir="results", metric="ndcg@10", split="valid"):
 
     A curve uses the seeds that all its points have (when there are any): otherwise a point shared with Table 1
     (the default value, run for every seed) would be a 3-seed mean beside single-seed neighbours."""
-    finished = done_cells(results_dir)
+    finished = done_cells(results_dir, grid=grid)
     points = collections.OrderedDict()
     by_variant = collections.defaultdict(dict)  # variant -> {seed: score}
     refs = collections.defaultdict(lambda: ({}, {}))  # variant -> ({seed: control score}, {seed: SFT score})

@@ -181,11 +181,24 @@ def plain_key(grid, cell):
     return _cell(grid, cell["dataset"], cell["model"], cell["finetune"], cell["seed"], "", {}).key
 
 
-def done_cells(results_dir, rows=None):
+def done_cells(results_dir, rows=None, grid=None):
     """{cell key: row} of the rows that runs of this runner appended (``rows``: already read from
-    ``results_dir``)."""
+    ``results_dir``); the latest row of a cell wins. With ``grid``: a fine-tuning cell whose row started from
+    another SFT checkpoint (``pretrained``) than its control's row of the same seed is not done, since that row
+    belongs to an older base (its SFT retrained since): the runner runs it again and the tables count it missing."""
     rows = read_rows(results_dir) if rows is None else rows
-    return {row["experiment_cell"]: row for row in rows if row.get("experiment_cell")}
+    done = {row["experiment_cell"]: row for row in rows if row.get("experiment_cell")}
+    if grid is not None:
+        for cell in expand(grid):
+            row, control = done.get(cell.key), done.get(control_key(grid, cell))
+            if row and control and _base(row) != _base(control):
+                del done[cell.key]
+    return done
+
+
+def _base(row):
+    """The SFT checkpoint a fine-tuning row started from, by file name (checkouts differ in folders)."""
+    return os.path.basename(row.get("pretrained") or "")
 
 
 def command(cell, cell_yaml):
@@ -218,7 +231,7 @@ def run_cell(cell, results_dir, log_dir, threads):
         log.write(" ".join(args) + "\n")
         log.flush()
         code = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    row = done_cells(results_dir).get(cell.key) if code == 0 else None
+    row = done_cells(results_dir).get(cell.key) if code == 0 else None  # (its own row: the latest of the cell)
     if row and row.get("log") and os.path.isfile(row["log"]):  # keep RecBole's log of the run beside the results
         keep = os.path.join(results_dir, "logs", cell["dataset"])
         os.makedirs(keep, exist_ok=True)
@@ -265,8 +278,13 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
             chosen.discard(cell.key)
             cells.append(cell)
     rows = read_rows(results_dir)
-    finished = done_cells(results_dir, rows)
+    finished = done_cells(results_dir, rows, grid)
     todo = [c for c in cells if c.key not in finished]
+    pending = {c.key for c in todo}
+    # a row beside a control still to run may be of an older base: judged once that control has its row, so last
+    deferred = [c for c in cells if c.key in finished and control_key(grid, c) in pending]
+    todo += deferred
+    deferred = {c.key for c in deferred}
     history = [r for r in rows if "wall_s" in r]
     import torch
 
@@ -276,10 +294,13 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
     total = sum(k or fallback or 0 for k in known)
     print(f"grid {grid['name']}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run"
           + (f", estimated {total / 3600:.1f} h of runs at jobs=1" if total else ""), flush=True)
-    report = {"done": [c for c in cells if c.key in finished], "ran": [], "failed": [], "skipped": []}
+    report = {"done": [c for c in cells if c.key in finished and c.key not in deferred], "ran": [], "failed": [],
+              "skipped": []}
     if dry_run:
         for cell, est in zip(todo, known):
-            print(f"  to run: {cell.label} ({f'~{est / 60:.0f} min' if est else 'no estimate'})")
+            print(f"  to run: {cell.label} ({f'~{est / 60:.0f} min' if est else 'no estimate'})" +
+                  (" unless its row turns out to start from its control's new SFT checkpoint"
+                   if cell.key in deferred else ""))
         report["skipped"] = todo
         return report
     from recbole_gflowgr.artifacts import restore
@@ -294,6 +315,8 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
         backbone = sft_key(grid, cell)
         if backbone in futures:  # its SFT cell: submitted (so started) earlier, FIFO; wait for it
             futures[backbone].result()
+        if cell.key in deferred:  # its control: submitted earlier too
+            futures[control_key(grid, cell)].result()
         with lock:
             left = None if time_budget is None else time_budget - (time.time() - start)
             if backbone in blocked or (left is not None and (left <= 0 or (est and est > left))):
@@ -306,11 +329,12 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
                 blocked.add(cell.key)
                 tqdm.write(f"{cell.label} is being run by another process: left to it")
             return
-        if cell.key in done_cells(results_dir, read_rows(results_dir)):  # another runner finished it since we read
+        if cell.key in done_cells(results_dir, read_rows(results_dir), grid):  # another runner finished it since
             release(cell, results_dir)
             with lock:
                 report["done"].append(cell)
-                tqdm.write(f"{cell.label} was finished by another process meanwhile")
+                tqdm.write(f"{cell.label}: row kept (no control row on another SFT checkpoint)" if
+                           cell.key in deferred else f"{cell.label} was finished by another process meanwhile")
             return
         try:
             row, wall, log_path = launcher(cell, results_dir, log_dir, threads)
