@@ -282,9 +282,8 @@ def run_grid(grid, results_dir="results", jobs=1, time_budget=None, dry_run=Fals
     todo = [c for c in cells if c.key not in finished]
     pending = {c.key for c in todo}
     # a row beside a control still to run may be of an older base: judged once that control has its row, so last
-    deferred = [c for c in cells if c.key in finished and control_key(grid, c) in pending]
-    todo += deferred
-    deferred = {c.key for c in deferred}
+    deferred = {c.key for c in cells if c.key in finished and control_key(grid, c) in pending}
+    todo += [c for c in cells if c.key in deferred]
     history = [r for r in rows if "wall_s" in r]
     import torch
 
