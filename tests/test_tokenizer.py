@@ -325,3 +325,18 @@ def test_share_of_test_targets_in_collision_groups():
     assert stats.target_collisions(items, semantic, ["a", "c", "e", "d"]) == (0.5, 3.0)
     assert stats.target_collisions(items, semantic[:, :1], ["d"]) == (0.0, None)  # level 0 alone: d is alone
     assert stats._targets({"test_targets_in_groups": 0.5, "test_target_group_mean": 3.0}) == "50.00% (3.0)"
+
+
+def test_popularity_of_valid_and_test_targets():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("split_targets", f"{REPO}/benchmarks/split_targets.py")
+    split = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(split)
+    seqs = {"u1": ["a", "a", "b", "c"], "u2": ["b", "a", "c", "d"], "u3": ["a", "c", "a", "e"]}
+    s = split.split_target_stats(seqs, rare=2)  # training parts a a | b a | a c: a 4, b 1, c 1, d and e never
+    assert s["valid"] == {"targets": 3, "rare": 2 / 3, "cold": 0.0, "median_count": 1}  # targets b, c, a
+    assert s["test"] == {"targets": 3, "rare": 1.0, "cold": 2 / 3, "median_count": 0}  # targets c, d, e
+    assert split.main(["--datasets", "no-such-dataset"]) == 2
