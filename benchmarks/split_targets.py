@@ -12,12 +12,11 @@ LETTER-format json only (no model, seconds on CPU).
 """
 import argparse
 import collections
-import json
-import os
 import statistics
 import sys
 
-from recbole_gflowgr.data.registry import get_dataset_spec
+from recbole_gflowgr.data.convert import letter_sequences
+from recbole_gflowgr.foundation.errors import cli
 
 
 def split_target_stats(sequences, rare=5):
@@ -35,22 +34,17 @@ def split_target_stats(sequences, rare=5):
     return out
 
 
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="amazon-beauty,industrial-scientific,yelp")
     parser.add_argument("--rare", type=int, default=5, help="a target is rare below this training count")
     args = parser.parse_args(argv)
     for name in args.datasets.split(","):
-        spec = get_dataset_spec(name)
-        if spec is None or spec.source_format != "letter":
-            print(f"error: --datasets: '{name}' is not a registered LETTER-format dataset", file=sys.stderr)
-            return 2
-        path = os.path.join(spec.default_source, f"{spec.prefix}.inter.json")
-        if not os.path.isfile(path):
-            print(f"{name}: skipped ({path} not found)")
+        sequences = letter_sequences(name)  # an unknown name: error: ..., exit 2
+        if sequences is None:
+            print(f"{name}: skipped (no LETTER-format <Prefix>.inter.json in its source folder)")
             continue
-        with open(path) as f:
-            sequences = {u: [str(i) for i in s] for u, s in json.load(f).items()}
         for split, s in split_target_stats(sequences, args.rare).items():
             print(f"{name} {split}: {s['targets']} targets, {s['rare']:.1%} seen < {args.rare} times in training, "
                   f"{s['cold']:.1%} never, median training count {s['median_count']:g}")

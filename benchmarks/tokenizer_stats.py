@@ -26,7 +26,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from recbole_gflowgr.data import prepare_dataset  # noqa: E402
+from recbole_gflowgr.data.convert import letter_sequences, prepare_dataset  # noqa: E402
 from recbole_gflowgr.data.registry import require_dataset_spec  # noqa: E402
 from recbole_gflowgr.trainer.results import git_commit  # noqa: E402
 from recbole_gflowgr.tokenizer import (code_stats, get_semantic_ids, load_tokenizer_config,  # noqa: E402
@@ -40,12 +40,8 @@ ORDER = {"rqvae": 0, "letter": 1, "letter-published": 2}
 def test_targets(dataset, source_path=None):
     """Every user's last item (the test target of the leave-one-out split) of ``<Prefix>.inter.json``; None for a
     dataset in another format."""
-    spec = require_dataset_spec(dataset, source_path)
-    path = os.path.join(spec.default_source, f"{spec.prefix}.inter.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return [str(seq[-1]) for seq in json.load(f).values() if seq]
+    sequences = letter_sequences(dataset, source_path)
+    return None if sequences is None else [seq[-1] for seq in sequences.values() if seq]
 
 
 def target_collisions(item_tokens, semantic, targets):

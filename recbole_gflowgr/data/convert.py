@@ -51,6 +51,16 @@ def _read_json(path, what, dataset):
                            f"column {e.colno}); fix or re-export the file") from None
 
 
+def letter_sequences(dataset, source_path=None):
+    """{user: [item, ...]} (str ids, time order) of a LETTER-format dataset's ``<Prefix>.inter.json``, read as the
+    converter reads it (its errors); None for a dataset in another format or without that file."""
+    spec = require_dataset_spec(dataset, source_path)
+    path = os.path.join(spec.default_source, f"{spec.prefix}.inter.json")
+    if spec.source_format != "letter" or not os.path.isfile(path):
+        return None
+    return {str(u): [str(i) for i in seq] for u, seq in _read_json(path, "interaction", spec.name).items()}
+
+
 def _text(value):
     if value is None:  # JSON null: no text (an item needs some text in one of its fields, see tokenizer/)
         return ""
