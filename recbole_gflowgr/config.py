@@ -48,9 +48,23 @@ class Config(RecBoleConfig):
                 with_eq[key] = value
         if with_eq:  # so they go in with config_dict's, converted the way RecBole converts command-line values
             cmd_args = [a for a in cmd_args if a[2:].partition("=")[0] not in with_eq]
-            config_dict = {**(config_dict or {}), **RecBoleConfig._convert_config_dict(self, with_eq)}
+            config_dict = {**(config_dict or {}), **self._convert_config_dict(with_eq)}
         with compat.argv(cmd_args):
             super().__init__(model, dataset, config_file_list, config_dict)
+
+    def _convert_config_dict(self, config_dict):
+        """RecBole's conversion of command-line strings (``eval``), except that a key our schema types ``str`` keeps
+        its text: a grid cell's key such as ``--experiment_cell=245474454162`` (or ``1234e5678901``, a float) stays
+        the str it names; ``None`` still means ``~``."""
+        from recbole_gflowgr.foundation.validation import schema
+
+        raw = dict(config_dict)
+        converted = super()._convert_config_dict(config_dict)
+        specs = schema()
+        for key, text in raw.items():
+            if key in specs and specs[key].type == "str" and isinstance(text, str) and converted[key] is not None:
+                converted[key] = text
+        return converted
 
     def _get_model_and_dataset(self, model, dataset):
         from recbole_gflowgr.registry import get_model

@@ -164,6 +164,10 @@ def test_our_yaml_is_loaded_and_argv_does_not_leak(monkeypatch):
     # a value holding "=" (a sweep variant's name), which RecBole's own parser drops with a warning
     config = Config("SASRec", "ml-100k", cmd_args=["--experiment_variant=gflowgr_n_aug=1", "--epochs=3"])
     assert config["experiment_variant"] == "gflowgr_n_aug=1" and config["epochs"] == 3
+    # a str key whose text Python would read as a number (a grid cell's 12-hex key, all digits or digits + e)
+    config = Config("SASRec", "ml-100k", cmd_args=["--experiment_cell=245474454162", "--experiment_variant=1234e5678901"])
+    assert config["experiment_cell"] == "245474454162" and config["experiment_variant"] == "1234e5678901"
+    assert Config("SASRec", "ml-100k", cmd_args=["--experiment_cell=None"])["experiment_cell"] is None
 
 
 def test_recbole_compatibility_fixes():
