@@ -340,3 +340,12 @@ def test_popularity_of_valid_and_test_targets():
     assert s["valid"] == {"targets": 3, "rare": 2 / 3, "cold": 0.0, "median_count": 1}  # targets b, c, a
     assert s["test"] == {"targets": 3, "rare": 1.0, "cold": 2 / 3, "median_count": 0}  # targets c, d, e
     assert split.main(["--datasets", "no-such-dataset"]) == 2
+    assert split.bucket_names([1, 5, 20]) == ["0", "1-4", "5-19", "20+"] and split.bucket_names([2]) == ["0-1", "2+"]
+    valid = split.by_bucket([1.0, 0.0, 0.5, 0.3], [0, 3, 7, 25], [1, 5, 20])  # one target per bucket
+    assert valid == {"0": (0.25, 1.0), "1-4": (0.25, 0.0), "5-19": (0.25, 0.5), "20+": (0.25, 0.3)}
+    test = split.by_bucket([0.2, 0.4], [7, 30], [1, 5, 20])  # empty buckets: share 0, no mean
+    assert test == {"0": (0.0, None), "1-4": (0.0, None), "5-19": (0.5, 0.2), "20+": (0.5, 0.4)}
+    assert split.mix_prediction(valid, test) == 0.5 * 0.5 + 0.5 * 0.3  # test's shares, valid's means
+    assert split.mix_prediction(split.by_bucket([0.5], [7], [1, 5, 20]), test) == 0.5  # 20+ empty on valid: dropped
+    assert split.main(["--checkpoints", "x.pth", "--buckets", "5,1"]) == 2  # not ascending
+    assert split.main(["--checkpoints", "no/such.pth"]) == 2
