@@ -70,23 +70,14 @@ def per_user_ndcg(path, k=10):
     one positive per user under the leave-one-out split), checked against the evaluator's own mean."""
     import torch
 
-    from recbole_gflowgr.foundation.compat import trusted_torch_load
-    from recbole_gflowgr.quick_start import FINETUNE_HEADS, build_model, prepare_data
+    from recbole_gflowgr.quick_start import rebuild_run
     from recbole_gflowgr.registry import get_trainer
 
-    try:
-        state = trusted_torch_load(path, map_location="cpu")
-    except FileNotFoundError:
-        raise ConfigError(f"--checkpoints: {path} does not exist; give a RecBole checkpoint (saved/...pth)") from None
-    config = state["config"]
-    config["device"], config["show_progress"] = torch.device("cpu"), False
-    config["topk"] = sorted(set(config["topk"]) | {k})
-    dataset, (train_data, valid_data, test_data) = prepare_data(config)
-    model = build_model(config, train_data._dataset)
-    missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
-    if missing or [u for u in unexpected if not u.startswith(FINETUNE_HEADS)]:
-        raise ConfigError(f"--checkpoints: {path} does not fit its own config (missing {missing[:3]})")
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"], config)(config, model.eval())
+    def adjust(config):
+        config["topk"] = sorted(set(config["topk"]) | {k})
+
+    config, model, dataset, (_, valid_data, test_data) = rebuild_run(path, f"--checkpoints: {path}", adjust)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"], config)(config, model)
     evaluate, out = trainer.evaluator.evaluate, {}
     struct = {}
 

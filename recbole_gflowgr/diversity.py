@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from recbole_gflowgr.analysis import pyplot, save_figure
-from recbole_gflowgr.foundation.compat import trusted_torch_load
 from recbole_gflowgr.foundation.errors import ConfigError, cli
 from recbole_gflowgr.trainer.results import read_rows
 
@@ -53,28 +52,18 @@ def kl_to_normal(values, bins=50):
 def load_run(path, k):
     """(config, model, train_data, test_data) of a RecBole checkpoint of a TIGER/LETTER run, rebuilt from its
     config; fine-tuning heads in the checkpoint are ignored."""
-    from recbole_gflowgr.quick_start import FINETUNE_HEADS, build_model, prepare_data
+    from recbole_gflowgr.quick_start import rebuild_run
     from recbole_gflowgr.registry import OUR_MODELS
 
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path} does not exist; run the model first (its row names its checkpoint)")
-    state = trusted_torch_load(path, map_location="cpu")
-    config = state["config"]
-    if config["model"] not in OUR_MODELS:
-        raise ConfigError(f"checkpoint {path} is a {config['model']} model; the analysis needs TIGER or LETTER")
-    config["metrics"] = list(dict.fromkeys(list(config["metrics"]) + DIVERSITY_METRICS))
-    config["topk"] = sorted(set(config["topk"]) | {k})
-    config["tail_ratio"] = config["tail_ratio"] or 0.1
-    config["device"] = torch.device("cpu")
-    config["show_progress"] = False
-    dataset, (train_data, _, test_data) = prepare_data(config)
-    model = build_model(config, train_data._dataset)
-    missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
-    unexpected = [u for u in unexpected if not u.startswith(FINETUNE_HEADS)]
-    if missing or unexpected:
-        raise ConfigError(f"checkpoint {path} does not fit its own config (missing {missing[:3]}, unexpected "
-                          f"{unexpected[:3]})")
-    return config, model.eval(), train_data, test_data
+    def adjust(config):
+        if config["model"] not in OUR_MODELS:
+            raise ConfigError(f"checkpoint {path} is a {config['model']} model; the analysis needs TIGER or LETTER")
+        config["metrics"] = list(dict.fromkeys(list(config["metrics"]) + DIVERSITY_METRICS))
+        config["topk"] = sorted(set(config["topk"]) | {k})
+        config["tail_ratio"] = config["tail_ratio"] or 0.1
+
+    config, model, _, (train_data, _, test_data) = rebuild_run(path, f"checkpoint {path}", adjust)
+    return config, model, train_data, test_data
 
 
 @torch.no_grad()

@@ -133,6 +133,26 @@ def load_pretrained(model, path, config):
                           f"{unexpected[:3]}); use a checkpoint of the same model and config")
 
 
+def rebuild_run(path, what, adjust=None):
+    """(config, model in eval mode, dataset, (train, valid, test) loaders) of a checkpoint a run wrote (ours or a
+    RecBole model's), rebuilt from its own config on the CPU; ``adjust(config)`` may change (or refuse) the config
+    first; fine-tuning heads in the checkpoint are ignored. ``what`` names the checkpoint in errors."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} does not exist; give a checkpoint a run wrote (its row names it, saved/...pth)")
+    state = read_checkpoint(path, what, "give a checkpoint a run wrote (saved/...pth)")
+    config = state["config"]
+    config["device"], config["show_progress"] = torch.device("cpu"), False
+    if adjust is not None:
+        adjust(config)
+    dataset, loaders = prepare_data(config)
+    model = build_model(config, loaders[0]._dataset)
+    missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+    unexpected = [u for u in unexpected if not u.startswith(FINETUNE_HEADS)]
+    if missing or unexpected:
+        raise ConfigError(f"{what} does not fit its own config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return config, model.eval(), dataset, loaders
+
+
 def training_summary(trainer):
     """Row fields of how training ended: ``epochs_trained``, ``best_epoch`` (both counted from 1), ``stopped_early``
     (early stopping ended it; False: the epoch bound or the time budget did), ``stopped_by`` (``"early_stopping"``,
