@@ -65,7 +65,7 @@ def mix_prediction(valid_buckets, test_buckets):
     return sum(share * mean for share, mean in pairs) / total
 
 
-def per_user_ndcg(path, k=10):
+def per_user_ndcg(path, k=10, beam_size=None):
     """{split: (NDCG@k per user, target item tokens)} of a checkpoint, from RecBole's evaluation (its ``rec.topk``,
     one positive per user under the leave-one-out split), checked against the evaluator's own mean."""
     import torch
@@ -75,6 +75,8 @@ def per_user_ndcg(path, k=10):
 
     def adjust(config):
         config["topk"] = sorted(set(config["topk"]) | {k})
+        if beam_size and "beam_size" in config:  # a generative model's beam, wider than it was trained with
+            config["beam_size"] = beam_size
 
     config, model, dataset, (_, valid_data, test_data) = rebuild_run(path, f"--checkpoints: {path}", adjust)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"], config)(config, model)
@@ -99,15 +101,16 @@ def per_user_ndcg(path, k=10):
     return config, out
 
 
-def model_report(path, edges, k=10):
+def model_report(path, edges, k=10, beam_size=None):
     """Lines of NDCG@k by target training count on valid and test, and the drop the mix explains."""
-    config, splits = per_user_ndcg(path, k)
+    config, splits = per_user_ndcg(path, k, beam_size)
     sequences = letter_sequences(config["dataset"], config["source_path"])
     if sequences is None:
         raise ConfigError(f"--checkpoints: {path} is of dataset {config['dataset']}, not in LETTER's json format")
     count = collections.Counter(i for seq in sequences.values() for i in seq[:-2])  # training items
     known = {i for seq in sequences.values() for i in seq}
-    rows, name = {}, f"{config['dataset']} {config['model']} ({path})"
+    beam = f", beam {config['beam_size']}" if "beam_size" in config else ""
+    rows, name = {}, f"{config['dataset']} {config['model']} ({path}{beam})"
     for split, (ndcg, targets) in splits.items():
         assert all(t in known for t in targets), f"{path}: target tokens are not the dataset's item ids"
         rows[split] = by_bucket(ndcg, [count[t] for t in targets], edges)
@@ -132,6 +135,7 @@ def main(argv=None):
     parser.add_argument("--rare", type=int, default=5, help="a target is rare below this training count")
     parser.add_argument("--checkpoints", default="", help="comma-separated RecBole checkpoints: NDCG@10 by bucket")
     parser.add_argument("--buckets", default="1,5,20", help="training-count edges of the buckets")
+    parser.add_argument("--beam_size", type=int, default=None, help="TIGER/LETTER: evaluate with this beam")
     args = parser.parse_args(argv)
     if args.checkpoints:
         try:
@@ -141,7 +145,7 @@ def main(argv=None):
         if not edges or edges != sorted(set(edges)) or edges[0] < 1:
             raise ConfigError(f"--buckets={args.buckets}: expected ascending training counts >= 1, e.g. 1,5,20")
         for path in args.checkpoints.split(","):
-            print("\n".join(model_report(path, edges)), flush=True)
+            print("\n".join(model_report(path, edges, beam_size=args.beam_size)), flush=True)
         return 0
     for name in args.datasets.split(","):
         sequences = letter_sequences(name)  # an unknown name: error: ..., exit 2
