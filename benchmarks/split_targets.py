@@ -26,10 +26,15 @@ from recbole_gflowgr.data.convert import letter_sequences
 from recbole_gflowgr.foundation.errors import ConfigError, cli
 
 
+def training_counts(sequences):
+    """Counter of each item's occurrences in the training part (all but the last two) of every user's sequence."""
+    return collections.Counter(i for seq in sequences.values() for i in seq[:-2])
+
+
 def split_target_stats(sequences, rare=5):
     """{split: {"targets", "rare", "cold", "median_count"}} for the valid and test targets of ``sequences``
     ({user: [item, ...]} in time order, each with >= 3 items)."""
-    count = collections.Counter(i for seq in sequences.values() for i in seq[:-2])  # training items
+    count = training_counts(sequences)
     out = {}
     for split, pos in (("valid", -2), ("test", -1)):
         targets = [seq[pos] for seq in sequences.values()]
@@ -80,24 +85,23 @@ def per_user_ndcg(path, k=10, beam_size=None):
 
     config, model, dataset, (_, valid_data, test_data) = rebuild_run(path, f"--checkpoints: {path}", adjust)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"], config)(config, model)
-    evaluate, out = trainer.evaluator.evaluate, {}
-    struct = {}
+    evaluate, struct, out = trainer.evaluator.evaluate, {}, {}
 
     def capture(data):  # RecBole's evaluator, keeping the per-user hits it averages
         struct["topk"] = data.get("rec.topk")  # (n_users, max_k + 1)
         return evaluate(data)
 
-    for split, loader in (("valid", valid_data), ("test", test_data)):
-        trainer.evaluator.evaluate = capture
-        try:
+    trainer.evaluator.evaluate = capture
+    try:
+        for split, loader in (("valid", valid_data), ("test", test_data)):
             result = trainer.evaluate(loader, load_best_model=False, show_progress=False)
-        finally:
-            trainer.evaluator.evaluate = evaluate
-        hits = struct["topk"][:, :k].float()  # (n_users, k): the target at rank r, then the positive count
-        ndcg = (hits / torch.log2(torch.arange(2, k + 2).float())).sum(1)  # (n_users,) one positive each
-        assert abs(float(ndcg.mean()) - result[f"ndcg@{k}"]) < 1e-3, (float(ndcg.mean()), result)
-        items = torch.cat([batch[3] for batch in loader])  # (n_users,) targets, in the evaluation's order
-        out[split] = (ndcg.numpy(), [str(t) for t in dataset.id2token(dataset.iid_field, items.numpy())])
+            hits = struct["topk"][:, :k].float()  # (n_users, k): the target at rank r, then the positive count
+            ndcg = (hits / torch.log2(torch.arange(2, k + 2).float())).sum(1)  # (n_users,) one positive each
+            assert abs(float(ndcg.mean()) - result[f"ndcg@{k}"]) < 1e-3, (float(ndcg.mean()), result)
+            items = torch.cat([batch[3] for batch in loader])  # (n_users,) targets, in the evaluation's order
+            out[split] = (ndcg.numpy(), [str(t) for t in dataset.id2token(dataset.iid_field, items.numpy())])
+    finally:
+        trainer.evaluator.evaluate = evaluate
     return config, out
 
 
@@ -107,7 +111,7 @@ def model_report(path, edges, k=10, beam_size=None):
     sequences = letter_sequences(config["dataset"], config["source_path"])
     if sequences is None:
         raise ConfigError(f"--checkpoints: {path} is of dataset {config['dataset']}, not in LETTER's json format")
-    count = collections.Counter(i for seq in sequences.values() for i in seq[:-2])  # training items
+    count = training_counts(sequences)
     known = {i for seq in sequences.values() for i in seq}
     beam = f", beam {config['beam_size']}" if "beam_size" in config else ""
     rows, name = {}, f"{config['dataset']} {config['model']} ({path}{beam})"

@@ -29,8 +29,8 @@ def test_recipe_grid_runs_one_variant_at_a_time_sft_only():
 def test_medium_variant_is_the_medium_backbone():
     with open(os.path.join(REPO, "properties", "medium.yaml")) as f:
         medium = yaml.safe_load(f)
-    assert experiments.load_grid(GRID)["variants"]["medium"] == medium
     variants = experiments.load_grid(GRID)["variants"]
+    assert variants["medium"] == medium
     assert variants["medium-b512-lr2e-3"] == {**variants["batch512-lr2e-3"], **medium}  # medium on the chosen recipe
     assert medium["num_heads"] * medium["d_kv"] == medium["d_model"]
 
